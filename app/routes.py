@@ -1,0 +1,139 @@
+"""HTTP routes: thin handlers over the gateway logic."""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+import orjson
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, ValidationError
+from starlette.responses import Response, StreamingResponse
+
+from app.config import Settings
+from app.errors import BadRequest, GatewayError, NotReady, PayloadTooLarge, UnprocessableEntity
+from app.gateway import BatchingSearcher, guide, select_config
+from app.protocol import ChatCompletionRequest, GuideAlignOptions, SearchRequest
+from app.upstream import Upstream, relay_sse
+from retriever.query import conversation_query
+from retriever.types import SelectConfig
+
+router = APIRouter()
+M = TypeVar("M", bound=BaseModel)
+
+
+def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(data), status_code=status, media_type="application/json",
+                    headers=headers)
+
+
+async def _read_json(request: Request, limit: int) -> Any:
+    """The request body as JSON, refusing bodies over ``limit`` bytes before reading them all."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"request body is {declared} bytes; the limit is {limit}")
+    chunks = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
+        chunks.append(chunk)
+    raw = b"".join(chunks)
+    if not raw.strip():
+        raise BadRequest("request body is empty; expected a JSON object")
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"request body is not valid JSON: {exc}") from None
+
+
+def _parse(model: type[M], data: Any) -> M:
+    if not isinstance(data, dict):
+        raise BadRequest("request body must be a JSON object")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = ".".join(str(p) for p in err["loc"])
+        raise UnprocessableEntity(f"{loc}: {err['msg']}", param=loc) from None
+
+
+def _state(request: Request) -> tuple[Settings, Upstream, BatchingSearcher, SelectConfig]:
+    st = request.app.state
+    if getattr(st, "searcher", None) is None:
+        raise NotReady("the retriever is not loaded")
+    return st.settings, st.upstream, st.searcher, st.select
+
+
+@router.post("/v1/chat/completions")
+async def chat_completions(request: Request) -> Response:
+    """OpenAI chat completions with retrieved guidelines injected."""
+    settings, upstream, searcher, base = _state(request)
+    data = await _read_json(request, settings.max_body_bytes)
+    if isinstance(data, dict) and isinstance(data.get("messages"), list) and not data["messages"]:
+        raise BadRequest("messages must contain at least one message", param="messages")
+    parsed = _parse(ChatCompletionRequest, data)
+    guidance = await guide(
+        searcher, data["messages"], options=parsed.guide_align, base=base,
+        window=settings.window,
+    )
+    body = {k: v for k, v in data.items() if k != "guide_align"}
+    body["messages"] = guidance.messages
+    auth = request.headers.get("authorization")
+    headers = guidance.headers()
+    if not parsed.stream:
+        answer = await upstream.chat(body, auth=auth)
+        answer["guide_align"] = guidance.body_field()
+        return _json(answer, headers=headers)
+    resp = await upstream.open_stream(body, auth=auth)
+    return StreamingResponse(
+        relay_sse(resp), media_type="text/event-stream",
+        headers={**headers, "cache-control": "no-cache", "x-accel-buffering": "no"},
+    )
+
+
+@router.post("/v1/guidelines/search")
+async def search_guidelines(request: Request) -> Response:
+    """Retrieval only: the ranked guidelines for a text or a conversation, no LLM call."""
+    settings, _, searcher, base = _state(request)
+    parsed = _parse(SearchRequest, await _read_json(request, settings.max_body_bytes))
+    if isinstance(parsed.input, str):
+        text = parsed.input.strip()
+    else:
+        text = conversation_query([m.model_dump() for m in parsed.input], window=settings.window)
+    if not text:
+        raise BadRequest("input has no text to search for", param="input")
+    config = select_config(base, GuideAlignOptions(k=parsed.k, min_score=parsed.min_score))
+    hits = await searcher.search(text, config)
+    return _json({"object": "list", "query": text, "data": [h.as_dict() for h in hits]})
+
+
+@router.get("/v1/models")
+async def models(request: Request) -> Response:
+    """The upstream's model list."""
+    upstream: Upstream = request.app.state.upstream
+    return _json(await upstream.get_json("/models", auth=request.headers.get("authorization")))
+
+
+@router.get("/healthz")
+async def healthz() -> Response:
+    """The process is up."""
+    return _json({"status": "ok"})
+
+
+@router.get("/readyz")
+async def readyz(request: Request) -> Response:
+    """Ready when the index is loaded and the upstream answers."""
+    st = request.app.state
+    checks: dict[str, Any] = {"index": getattr(st, "searcher", None) is not None}
+    try:
+        await st.upstream.get_json("/models", timeout=st.settings.ready_timeout)
+        checks["upstream"] = True
+    except GatewayError as exc:
+        checks["upstream"] = False
+        checks["upstream_error"] = exc.message
+    ok = checks["index"] and checks["upstream"]
+    if ok:
+        checks["guidelines"] = st.searcher.retriever.size
+    return _json({"status": "ready" if ok else "not_ready", "checks": checks},
+                 status=200 if ok else 503)

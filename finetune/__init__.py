@@ -1,0 +1,1 @@
+"""Labrador-style fine-tune stage: guided answers -> SFT set -> LoRA fine-tune."""

@@ -1,0 +1,1 @@
+"""Guideline library: schema, rendering, starter data and the batch builder."""

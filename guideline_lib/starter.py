@@ -1,0 +1,74 @@
+"""Assembling the shipped starter library from its hand-written per-category sources."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from guideline_lib.schema import (
+    TAXONOMY,
+    Example,
+    Guideline,
+    Library,
+    Manifest,
+    Provenance,
+    normalise_text,
+)
+
+SOURCES = Path(__file__).resolve().parent / "starter_src"
+TEST_PERCENT = 15
+
+
+class StarterError(Exception):
+    """A starter source file is malformed."""
+
+
+def split_for(text: str, test_percent: int = TEST_PERCENT) -> str:
+    """Stable train/test assignment from a hash of the normalised input."""
+    bucket = int(hashlib.sha1(normalise_text(text).encode()).hexdigest()[:8], 16) % 100
+    return "test" if bucket < test_percent else "train"
+
+
+def assemble_starter(
+    sources: Path = SOURCES, *, version: str = "1.0.0", test_percent: int = TEST_PERCENT
+) -> Library:
+    """Read every ``<category>.json`` source and build the starter library."""
+    guidelines: dict[str, Guideline] = {}
+    examples: list[Example] = []
+    seen_inputs: set[str] = set()
+    for path in sorted(sources.glob("*.json")):
+        data = json.loads(path.read_text("utf-8"))
+        category = data.get("category")
+        if category not in TAXONOMY:
+            raise StarterError(f"{path.name}: unknown category {category!r}")
+        keys: dict[str, str] = {}
+        for item in data["guidelines"]:
+            g = Guideline.create(
+                item["text"], category,
+                provenance=Provenance(note=f"starter:{item['key']}", prompt_version="hand-written"),
+            )
+            if g.id in guidelines:
+                raise StarterError(f"{path.name}: {item['key']} repeats guideline {g.id}")
+            guidelines[g.id] = g
+            keys[item["key"]] = g.id
+        for ex in data["examples"]:
+            text = ex["input"].strip()
+            norm = normalise_text(text)
+            if not text or norm in seen_inputs:
+                continue
+            seen_inputs.add(norm)
+            try:
+                ids = [keys[k] for k in ex["keys"]]
+            except KeyError as exc:
+                raise StarterError(f"{path.name}: example links unknown key {exc}") from None
+            examples.append(Example(input=text, guideline_ids=ids,
+                                    split=split_for(text, test_percent)))  # type: ignore[arg-type]
+    manifest = Manifest(
+        name="guide-align-starter",
+        version=version,
+        producer={"tool": "guide-align library starter", "sources": "guideline_lib/starter_src",
+                  "test_percent": test_percent},
+    )
+    return Library(manifest=manifest, guidelines=list(guidelines.values()),
+                   examples=examples).sealed()

@@ -1,0 +1,1 @@
+"""Retriever: encoders, FAISS index, search and selection, training and evaluation."""

