@@ -101,3 +101,5 @@ def _banner(port: int) -> str:
 def main() -> None:
     """Console entry point."""
     app()
+if __name__ == "__main__":
+    main()

@@ -67,6 +67,8 @@ class Settings(BaseSettings):
     @field_validator("upstream_api_key")
     @classmethod
     def _refuse_placeholder(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None and not v.get_secret_value().strip():
+            return None  # an empty variable (compose default) means no key
         if v is not None and v.get_secret_value().strip().lower() in {"changeme", "change-me", "xxx"}:
             raise ValueError("upstream_api_key is a placeholder; set a real key or leave it unset")
         return v

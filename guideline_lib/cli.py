@@ -9,17 +9,19 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from guideline_lib.build_cli import build
 from guideline_lib.io import LibraryError, default_library_path, load_library, save_library
+from guideline_lib.schema import Library
 from guideline_lib.starter import SOURCES, assemble_starter
 from guideline_lib.validate import diff_libraries, library_stats, merge_libraries, validate_library
 
 app = typer.Typer(help="Guideline library tools.", no_args_is_help=True)
-console = Console()
+console = Console(width=120)
 
 LibArg = Annotated[Path, typer.Argument(help="Library directory")]
 
 
-def _load(path: Path):  # type: ignore[no-untyped-def]
+def _load(path: Path) -> Library:
     try:
         return load_library(path)
     except LibraryError as exc:
@@ -97,3 +99,6 @@ def starter(
     """Assemble the starter library from its hand-written sources."""
     lib = save_library(assemble_starter(sources, version=version), output)
     console.print(f"wrote {output}: {lib.manifest.counts}")
+
+
+app.command(name="build")(build)

@@ -18,6 +18,7 @@ from guideline_lib.schema import (
 
 SOURCES = Path(__file__).resolve().parent / "starter_src"
 TEST_PERCENT = 15
+RECATEGORISE = "recategorise.json"  # key -> category overrides, kept beside the sources
 
 
 class StarterError(Exception):
@@ -36,16 +37,27 @@ def assemble_starter(
     """Read every ``<category>.json`` source and build the starter library."""
     guidelines: dict[str, Guideline] = {}
     examples: list[Example] = []
+    moves_file = sources / RECATEGORISE
+    moves: dict[str, str] = (
+        json.loads(moves_file.read_text("utf-8")) if moves_file.exists() else {}
+    )
     seen_inputs: set[str] = set()
     for path in sorted(sources.glob("*.json")):
+        if path.name == RECATEGORISE:
+            continue
         data = json.loads(path.read_text("utf-8"))
         category = data.get("category")
         if category not in TAXONOMY:
             raise StarterError(f"{path.name}: unknown category {category!r}")
         keys: dict[str, str] = {}
         for item in data["guidelines"]:
+            # A source may file a guideline under another category (e.g. benign uses of
+            # alarming words written beside the safety ones belong to a quality category).
+            target = item.get("category") or moves.get(item["key"]) or category
+            if target not in TAXONOMY:
+                raise StarterError(f"{path.name}: {item['key']} has unknown category {target!r}")
             g = Guideline.create(
-                item["text"], category,
+                item["text"], target,
                 provenance=Provenance(note=f"starter:{item['key']}", prompt_version="hand-written"),
             )
             if g.id in guidelines:

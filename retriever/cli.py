@@ -13,7 +13,7 @@ from guideline_lib.io import default_library_path
 
 app = typer.Typer(help="Retriever: train the bi-encoder, build the index, search.",
                   no_args_is_help=True)
-console = Console()
+console = Console(width=120)
 VAR = Path("var")
 
 
@@ -27,13 +27,16 @@ def train(
     batch_size: Annotated[int, typer.Option()] = 64,
     hard_negatives: Annotated[int, typer.Option(help="Mined hard negatives per pair")] = 1,
     seed: Annotated[int, typer.Option()] = 13,
+    max_pairs: Annotated[int, typer.Option(help="Cap on training pairs (0 = all)")] = 6000,
+    max_seq_length: Annotated[int, typer.Option()] = 64,
 ) -> None:
     """Fine-tune the bi-encoder on the library's examples; prints held-out metrics."""
     from guideline_lib.io import load_library
     from retriever.train import TrainConfig, train_retriever
 
     config = TrainConfig(base_model=base, epochs=epochs, batch_size=batch_size,
-                         hard_negatives=hard_negatives, seed=seed)
+                         hard_negatives=hard_negatives, seed=seed, max_pairs=max_pairs,
+                         max_seq_length=max_seq_length)
     result = train_retriever(load_library(library), output, config=config)
     table = Table(title=f"held-out metrics ({result.counts['examples_test']} queries)")
     table.add_column("metric")

@@ -30,13 +30,14 @@ class TrainConfig:
     batch_size: int = 64
     learning_rate: float = 1e-4
     warmup_ratio: float = 0.1
-    max_seq_length: int = 128
+    max_seq_length: int = 64
     hard_negatives: int = 1
     hard_negative_range_min: int = 0
-    hard_negative_margin: float = 0.05
+    hard_negative_range_max: int = 10
+    hard_negative_margin: float | None = None
     cached_loss: bool = False
     seed: int = 13
-    max_pairs: int = 0  # 0 = all
+    max_pairs: int = 6000  # 0 = all; a cap keeps the default run within ~10 min on 2 cores
 
 
 @dataclass(frozen=True)
@@ -122,7 +123,7 @@ def train_retriever(
         mined = mine_hard_negatives(
             pairs, model, anchor_column_name="anchor", positive_column_name="positive",
             corpus=corpus, range_min=config.hard_negative_range_min,
-            range_max=config.hard_negative_range_min + 20,
+            range_max=config.hard_negative_range_max,
             relative_margin=config.hard_negative_margin, num_negatives=config.hard_negatives,
             sampling_strategy="top", output_format="triplet", batch_size=64,
             verbose=show_progress,

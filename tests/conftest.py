@@ -96,3 +96,22 @@ def small_retriever(small_lib, encoder):  # type: ignore[no-untyped-def]
     loaded = build_index(small_lib, encoder, encoder_path=str(base_model_path()),
                          encoder_hash="test-hash")
     return DenseRetriever(small_lib, encoder, loaded, config=SelectConfig(k=6, min_score=0.2))
+
+
+@pytest.fixture(scope="session")
+def llama_server(tmp_path_factory):  # type: ignore[no-untyped-def]
+    """The real llama.cpp OpenAI-compatible server on SmolLM2-135M-Instruct (session-wide).
+
+    Yields its base URL ending in /v1.
+    """
+    from app.launcher import smollm2_path, start_llama_server, stop_process, wait_until_ready
+    from tests.fakes.server import free_port
+
+    port = free_port()
+    log = tmp_path_factory.mktemp("llama") / "server.log"
+    proc = start_llama_server(smollm2_path(), port=port, n_ctx=2048, log_file=log)
+    try:
+        wait_until_ready(f"http://127.0.0.1:{port}/v1/models", timeout=180, proc=proc)
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        stop_process(proc)

