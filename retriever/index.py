@@ -48,10 +48,15 @@ def make_faiss_index(vectors: np.ndarray, config: IndexConfig) -> Any:
     elif config.kind == "ivfpq":
         nlist = config.ivf_nlist or max(1, int(4 * np.sqrt(n)))
         nlist = min(nlist, max(1, n // 39))
-        pq_m = config.pq_m or max(1, dim // 8)
         quantizer = faiss.IndexFlatIP(dim)
-        nbits = 8 if n >= 256 * 39 else 4
-        index = faiss.IndexIVFPQ(quantizer, dim, nlist, pq_m, nbits, faiss.METRIC_INNER_PRODUCT)
+        if n < 256:
+            # PQ codebooks need at least 2**nbits training points; tiny libraries get IVF-Flat.
+            index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        else:
+            pq_m = config.pq_m or max(1, dim // 8)
+            nbits = 8 if n >= 256 * 39 else 4
+            index = faiss.IndexIVFPQ(quantizer, dim, nlist, pq_m, nbits,
+                                     faiss.METRIC_INNER_PRODUCT)
         index.train(vectors)
         index.nprobe = min(config.ivf_nprobe, nlist)
     else:

@@ -1,0 +1,122 @@
+"""Index round trip and manifest checks, selection rules, conversation queries, batch search."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from guideline_lib.schema import Guideline, Library
+from retriever.index import IndexConfig, IndexError_, build_index, load_index, save_index
+from retriever.query import conversation_query
+from retriever.search import DenseRetriever
+from retriever.select import select_hits
+from retriever.types import Hit, SelectConfig
+
+
+def hit(text: str, score: float, kind: str = "quality") -> Hit:
+    return Hit(id=f"g_{abs(hash(text)) % 10**6}", text=text, category="quality_writing",
+               kind=kind, score=score)
+
+
+def test_index_round_trip_and_manifest(tmp_path, small_lib, encoder):
+    loaded = build_index(small_lib, encoder, encoder_path="enc", encoder_hash="abc")
+    save_index(loaded, tmp_path / "idx")
+    again = load_index(tmp_path / "idx", library_hash=small_lib.content_hash(),
+                       encoder_hash="abc")
+    assert again.ids == loaded.ids
+    assert again.manifest["library_hash"] == small_lib.content_hash()
+    assert again.manifest["dim"] == 384
+    q = encoder.encode(["kill a hanging python process"])
+    s1, r1 = loaded.index.search(q, 3)
+    s2, r2 = again.index.search(q, 3)
+    assert (r1 == r2).all()
+    np.testing.assert_allclose(s1, s2, rtol=1e-6)
+
+
+def test_index_mismatch_is_refused(tmp_path, small_lib, encoder):
+    save_index(build_index(small_lib, encoder, encoder_path="enc", encoder_hash="abc"),
+               tmp_path / "idx")
+    with pytest.raises(IndexError_, match="library"):
+        load_index(tmp_path / "idx", library_hash="0" * 64, encoder_hash="abc")
+    with pytest.raises(IndexError_, match="encoder"):
+        load_index(tmp_path / "idx", library_hash=small_lib.content_hash(), encoder_hash="zzz")
+    with pytest.raises(IndexError_, match="no index"):
+        load_index(tmp_path / "missing")
+
+
+def test_retriever_refuses_index_of_other_library(small_lib, encoder):
+    other = Library(guidelines=[Guideline.create("Other: something else entirely.",
+                                                 "quality_advice")])
+    loaded = build_index(other, encoder, encoder_path="enc", encoder_hash="abc")
+    with pytest.raises(IndexError_):
+        DenseRetriever(small_lib, encoder, loaded)
+
+
+@pytest.mark.parametrize("kind", ["hnsw", "ivfpq"])
+def test_approximate_indexes_find_the_same_top_hit(small_lib, encoder, kind):
+    exact = build_index(small_lib, encoder, encoder_path="e", encoder_hash="h")
+    approx = build_index(small_lib, encoder, encoder_path="e", encoder_hash="h",
+                         config=IndexConfig(kind=kind))  # type: ignore[arg-type]
+    q = encoder.encode(["write ransomware for an office", "proofread my essay"])
+    assert (exact.index.search(q, 1)[1] == approx.index.search(q, 1)[1]).all()
+
+
+def test_selection_threshold_dedup_and_k():
+    hits = [hit("Be concise: answer in few words.", 0.9),
+            hit("Be concise: answer in few words!", 0.85),  # near-duplicate of the first
+            hit("Cite sources: name where facts come from.", 0.7),
+            hit("Ask for context: ask when the request is ambiguous.", 0.5),
+            hit("Use tables: compare options in a table.", 0.2)]
+    cfg = SelectConfig(k=6, min_score=0.3, dedup_threshold=0.5)
+    kept = select_hits(hits, cfg)
+    assert [h.score for h in kept] == [0.9, 0.7, 0.5]  # dup dropped, 0.2 below threshold
+    assert [h.score for h in select_hits(hits, dataclasses.replace(cfg, k=2))] == [0.9, 0.7]
+    # with dedup off (threshold 1.0 keeps everything not identical) the duplicate survives
+    loose = select_hits(hits, dataclasses.replace(cfg, dedup_threshold=1.01))
+    assert len(loose) == 4
+    assert select_hits(hits, dataclasses.replace(cfg, min_score=0.95)) == []
+
+
+def test_mmr_prefers_diverse_hits():
+    hits = [hit("A: one", 0.9), hit("B: two", 0.89), hit("C: three", 0.6)]
+    vecs = np.array([[1, 0, 0], [1, 0, 0], [0, 1, 0]], dtype=np.float32)
+    cfg = SelectConfig(k=2, min_score=0.0, dedup_threshold=1.01, mmr=True, mmr_lambda=0.5)
+    kept = select_hits(hits, cfg, vectors=vecs)
+    assert [h.text for h in kept] == ["A: one", "C: three"]
+    plain = select_hits(hits, dataclasses.replace(cfg, mmr=False))
+    assert [h.text for h in plain] == ["A: one", "B: two"]
+
+
+def test_conversation_query_window_and_parts():
+    msgs = [{"role": "system", "content": "sys"},
+            {"role": "user", "content": "first"},
+            {"role": "assistant", "content": "ok"},
+            {"role": "user", "content": [{"type": "text", "text": "second"},
+                                         {"type": "image_url", "image_url": {"url": "x"}}]},
+            {"role": "user", "content": "third"}]
+    assert conversation_query(msgs, window=3) == "first\nsecond\nthird"
+    assert conversation_query(msgs, window=1) == "second\nthird"
+    assert conversation_query(msgs, window=0) == "third"
+    assert conversation_query([{"role": "assistant", "content": "hi"}]) == ""
+
+
+def test_search_finds_the_right_category(small_retriever):
+    assert small_retriever.search("code a ransomware that locks my office")[0].category == \
+        "cybercrime"
+    conv = [{"role": "user", "content": "i need help with a script"},
+            {"role": "user", "content": "the python process hangs and won't stop"}]
+    assert small_retriever.search(conv)[0].category == "quality_coding"
+    assert small_retriever.search("   ") == []
+
+
+def test_batch_search_equals_single_search(small_retriever):
+    queries = ["write me a keylogger", "fix the grammar in my letter", "how far is mars",
+               "i want to end it all", ""]
+    batch = small_retriever.search_batch(queries)
+    for q, hits in zip(queries, batch, strict=True):
+        single = small_retriever.search(q)
+        assert [h.id for h in hits] == [h.id for h in single]
+        np.testing.assert_allclose([h.score for h in hits], [h.score for h in single],
+                                   atol=1e-5)
