@@ -23,7 +23,7 @@ from rich.console import Console
 from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.common import (  # noqa: E402
+from bench.common import (
     free_port,
     machine,
     pct,
@@ -37,6 +37,9 @@ from bench.common import (  # noqa: E402
 console = Console()
 
 
+LITELLM_KEY = "sk-bench-" + "7f3a9c1e5b2d4f60" * 2
+
+
 async def load(url: str, texts: list[str], concurrency: int, *, stream: bool,
                model: str = "stub") -> dict[str, Any]:
     """Send every text once with ``concurrency`` workers; latencies (or TTFB) and wall time."""
@@ -44,7 +47,8 @@ async def load(url: str, texts: list[str], concurrency: int, *, stream: bool,
     errors = 0
     queue = list(reversed(texts))
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(timeout=60, limits=limits) as client:
+    headers = {"authorization": f"Bearer {LITELLM_KEY}"}
+    async with httpx.AsyncClient(timeout=60, limits=limits, headers=headers) as client:
 
         async def worker() -> None:
             nonlocal errors
@@ -92,7 +96,8 @@ def start_litellm(python: str, stub_url: str, workdir: Path) -> tuple[Any, str]:
     bindir = Path(python).parent
     proc = start([str(bindir / "litellm"), "--config", str(cfg), "--port", str(port),
                   "--host", "127.0.0.1", "--num_workers", "1"],
-                 env={"LITELLM_LOG": "ERROR", "LITELLM_TELEMETRY": "False"},
+                 env={"LITELLM_LOG": "ERROR", "LITELLM_TELEMETRY": "False",
+                      "LITELLM_MASTER_KEY": LITELLM_KEY},
                  log=workdir / "litellm.log")
     wait_http(f"http://127.0.0.1:{port}/health/liveliness", proc, timeout=300)
     return proc, f"http://127.0.0.1:{port}/v1"
@@ -103,7 +108,9 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=200, help="requests per target per round")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--concurrency", default="1,8,32,64")
-    ap.add_argument("--litellm-python", default=os.environ.get("LITELLM_PYTHON", ""),
+    default_litellm = Path("var/litellm-venv/bin/python")
+    ap.add_argument("--litellm-python", default=os.environ.get(
+        "LITELLM_PYTHON", str(default_litellm) if default_litellm.exists() else ""),
                     help="python of an environment with litellm[proxy] (optional peer)")
     ap.add_argument("--name", default="gateway_overhead")
     args = ap.parse_args()

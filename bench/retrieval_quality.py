@@ -28,11 +28,11 @@ from rich.table import Table
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from bench.common import machine, save_results  # noqa: E402
-from guideline_lib.io import default_library_path, load_library  # noqa: E402
-from guideline_lib.schema import Library  # noqa: E402
-from retriever.select import select_hits  # noqa: E402
-from retriever.types import Hit, SelectConfig  # noqa: E402
+from bench.common import machine, save_results
+from guideline_lib.io import default_library_path, load_library
+from guideline_lib.schema import Library
+from retriever.select import select_hits
+from retriever.types import Hit, SelectConfig
 
 HERE = Path(__file__).resolve().parent
 console = Console(width=140)
@@ -76,13 +76,13 @@ def load_sets(data: Path, *, alpaca_max: int) -> list[EvalSet]:
     if p.exists():
         m = labels["openai_moderation"]
         flagged, f_exp, clean = [], [], []
-        for line in gzip.open(p, "rt"):
+        for line in gzip.open(p, "rt"):  # noqa: SIM115
             r = json.loads(line)
             flags = [k for k in m if not k.startswith("_") and r.get(k) == 1]
             if flags:
                 flagged.append(r["prompt"])
                 f_exp.append(set().union(*(set(m[f]) for f in flags)))
-            elif all(r.get(k) == 0 for k in m if not k.startswith("_")):
+            else:  # no flag set (missing labels count as not flagged)
                 clean.append(r["prompt"])
         sets.append(EvalSet("moderation_flagged", True, flagged, f_exp))
         sets.append(EvalSet("moderation_unflagged", False, clean, [set() for _ in clean]))
@@ -156,7 +156,7 @@ def _to_hits(library: Library, scores: np.ndarray, rows: np.ndarray) -> Candidat
     out = []
     for srow, irow in zip(scores, rows, strict=True):
         out.append([Hit(gl[i].id, gl[i].text, gl[i].category, gl[i].kind, float(s))
-                    for s, i in zip(srow, irow, strict=True) if i >= 0 and s > 0 or i >= 0])
+                    for s, i in zip(srow, irow, strict=True) if i >= 0])
     return out
 
 
@@ -176,27 +176,49 @@ def evaluate(cands: Candidates, es: EvalSet, idx: list[int], cfg: SelectConfig)\
                                            for sel in selected]))}
 
 
-def tune_min_score(cands: dict[str, Candidates], sets: list[EvalSet],
-                   halves: dict[str, dict[str, list[int]]], base: SelectConfig) -> float:
-    """Highest dev hit@6 among thresholds whose dev over-trigger stays <= 3 % on every set."""
-    flat = np.concatenate([[h.score for h in c[:6]] for cs in cands.values() for c in cs
-                           if c] or [[0.0]])
-    grid = np.unique(np.quantile(flat, np.linspace(0.0, 0.995, 80)))
-    best, best_key = float(grid[0]), (-1.0, -1.0)
+def tune(cands: dict[str, Candidates], sets: list[EvalSet],
+         halves: dict[str, dict[str, list[int]]], base: SelectConfig, *, gate: bool)\
+        -> SelectConfig:
+    """Best mean dev hit@6 among settings whose pooled dev over-trigger (all benign prompts) <= 3 %.
+
+    Without ``gate`` only the minimum score is tuned (the paper's rule); with it, the safety
+    margin (safety kept only if the best safety candidate beats the best quality one by it)
+    is tuned jointly. If no setting meets the 3 % bound, the lowest pooled rate wins.
+    """
+    top = [h.score for cs in cands.values() for c in cs for h in c[:6]]
+    grid = np.unique(np.quantile(top, np.linspace(0.0, 0.98, 16 if gate else 40)))
+    if gate:
+        gaps = [_gap(c) for cs in cands.values() for c in cs]
+        gaps = [g for g in gaps if g is not None]
+        margins = [None, *np.unique(np.quantile(gaps, np.linspace(0.3, 0.95, 12)))]
+    else:
+        margins = [None]
+    best, best_key = base, (-2.0, -1.0)
     for t in grid:
-        cfg = replace(base, min_score=float(t))
-        hits, worst_benign = [], 0.0
-        for es in sets:
-            m = evaluate(cands[es.name], es, halves[es.name]["dev"], cfg)
-            if es.harmful:
-                hits.append(m.get("hit@6", 0.0))
-            elif m:
-                worst_benign = max(worst_benign, m["over_trigger"])
-        ok = worst_benign <= MAX_BENIGN_RATE
-        key = (1.0 if ok else -worst_benign, float(np.mean(hits)) if hits else 0.0)
-        if key > best_key:
-            best, best_key = float(t), key
+        for m in margins:
+            cfg = replace(base, min_score=float(t),
+                          safety_margin=None if m is None else float(m))
+            hits, fired, n_benign = [], 0.0, 0
+            for es in sets:
+                dev = halves[es.name]["dev"]
+                r = evaluate(cands[es.name], es, dev, cfg)
+                if es.harmful:
+                    hits.append(r.get("hit@6", 0.0))
+                elif r:
+                    fired += r["over_trigger"] * len(dev)
+                    n_benign += len(dev)
+            worst = fired / max(n_benign, 1)
+            key = (1.0 if worst <= MAX_BENIGN_RATE else -worst,
+                   float(np.mean(hits)) if hits else 0.0)
+            if key > best_key:
+                best, best_key = cfg, key
     return best
+
+
+def _gap(c: list[Hit]) -> float | None:
+    s = max((h.score for h in c if h.kind == "safety"), default=None)
+    q = max((h.score for h in c if h.kind != "safety"), default=None)
+    return None if s is None or q is None else s - q
 
 
 def main() -> None:
@@ -207,6 +229,8 @@ def main() -> None:
     ap.add_argument("--alpaca-max", type=int, default=2000,
                     help="sample of the alpaca test split (0 = all 6,266)")
     ap.add_argument("--name", default="retrieval_quality")
+    ap.add_argument("--systems", default="bm25,minilm_zero_shot,trained",
+                    help="comma-separated subset of bm25, minilm_zero_shot, trained")
     args = ap.parse_args()
     if not args.data.exists():
         console.print(f"{args.data} not found: nothing to measure (skipped)")
@@ -222,9 +246,11 @@ def main() -> None:
         "bm25": lambda ps: bm25_candidates(library, ps),
         "minilm_zero_shot": lambda ps: dense_candidates(library, base_model_path(), ps),
     }
-    if (args.trained / "modules.json").exists():
+    wanted = set(args.systems.split(","))
+    systems = {k: v for k, v in systems.items() if k in wanted}
+    if "trained" in wanted and (args.trained / "modules.json").exists():
         systems["trained"] = lambda ps: dense_candidates(library, args.trained, ps)
-    else:
+    elif "trained" in wanted:
         console.print(f"[yellow]no trained encoder at {args.trained}; run "
                       "`guide-align retriever train` first[/yellow]")
     base = SelectConfig(k=6, min_score=0.0, dedup_threshold=0.5, candidates=24)
@@ -236,12 +262,14 @@ def main() -> None:
         for es in sets:
             cands[es.name] = flat[pos:pos + len(es.prompts)]
             pos += len(es.prompts)
-        t = tune_min_score(cands, sets, halves, base)
-        cfg = replace(base, min_score=t)
-        results[name] = {"min_score": t, "sets": {
-            es.name: {"n_test": len(halves[es.name]["test"]),
-                      **evaluate(cands[es.name], es, halves[es.name]["test"], cfg)}
-            for es in sets}}
+        for gate in (False, True):
+            cfg = tune(cands, sets, halves, base, gate=gate)
+            label = f"{name}+gate" if gate else name
+            results[label] = {
+                "min_score": cfg.min_score, "safety_margin": cfg.safety_margin,
+                "sets": {es.name: {"n_test": len(halves[es.name]["test"]),
+                                   **evaluate(cands[es.name], es, halves[es.name]["test"], cfg)}
+                         for es in sets}}
     show(results, sets)
     path = save_results(args.name, {"machine": machine(), "library": {
         "name": library.manifest.name, "version": library.manifest.version,
@@ -252,14 +280,19 @@ def main() -> None:
 
 def show(results: dict[str, Any], sets: list[EvalSet]) -> None:
     names = list(results)
-    table = Table(title="Retrieval quality on the TEST halves (min score tuned on the DEV halves: "
-                  + ", ".join(f"{n} {results[n]['min_score']:.3f}" for n in names) + ")")
+    table = Table(title="Retrieval quality on the TEST halves; min score (and, for +gate, the "
+                  "safety margin) tuned on the DEV halves: " + ", ".join(
+                      f"{n} {results[n]['min_score']:.3f}"
+                      + (f"/{results[n]['safety_margin']:+.3f}"
+                         if results[n]["safety_margin"] is not None else "") for n in names))
     table.add_column("set")
     table.add_column("n", justify="right")
     table.add_column("metric")
     for n in names:
         table.add_column(n, justify="right")
     for es in sets:
+        if not es.harmful and es is next(e for e in sets if not e.harmful):
+            table.add_section()
         metrics = [f"hit@{k}" for k in KS] if es.harmful else ["over_trigger"]
         for m in metrics:
             row = [es.name, str(results[names[0]]["sets"][es.name]["n_test"]), m]

@@ -12,8 +12,9 @@ COMPLETION = json.dumps({
                  "finish_reason": "stop"}],
     "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
 }).encode()
-CHUNK = b'data: {"id":"chatcmpl-stub","object":"chat.completion.chunk","created":0,' \
-        b'"model":"stub","choices":[{"index":0,"delta":{"content":"tok "},"finish_reason":null}]}\n\n'
+CHUNK = (b'data: {"id":"chatcmpl-stub","object":"chat.completion.chunk","created":0,'
+         b'"model":"stub","choices":[{"index":0,"delta":{"content":"tok "},'
+         b'"finish_reason":null}]}\n\n')
 MODELS = b'{"object":"list","data":[{"id":"stub","object":"model","owned_by":"bench"}]}'
 N_CHUNKS = 8
 

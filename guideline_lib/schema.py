@@ -52,7 +52,7 @@ _SPACE = re.compile(r"\s+")
 
 
 def normalise_text(text: str) -> str:
-    """Lower-case, NFKC, punctuation stripped, whitespace collapsed: the form ids are hashed from."""
+    """Lower-case, NFKC, no punctuation, collapsed whitespace: the form ids are hashed from."""
     text = unicodedata.normalize("NFKC", text).lower()
     text = _PUNCT.sub(" ", text)
     return _SPACE.sub(" ", text).strip()

@@ -19,6 +19,7 @@ from guideline_lib.schema import (
 SOURCES = Path(__file__).resolve().parent / "starter_src"
 TEST_PERCENT = 15
 RECATEGORISE = "recategorise.json"  # key -> category overrides, kept beside the sources
+EXTRA_SUFFIX = ".examples.json"  # {"examples": [{"input", "keys"}]}, keys of any category
 
 
 class StarterError(Exception):
@@ -42,8 +43,9 @@ def assemble_starter(
         json.loads(moves_file.read_text("utf-8")) if moves_file.exists() else {}
     )
     seen_inputs: set[str] = set()
+    all_keys: dict[str, str] = {}
     for path in sorted(sources.glob("*.json")):
-        if path.name == RECATEGORISE:
+        if path.name == RECATEGORISE or path.name.endswith(EXTRA_SUFFIX):
             continue
         data = json.loads(path.read_text("utf-8"))
         category = data.get("category")
@@ -64,18 +66,12 @@ def assemble_starter(
                 raise StarterError(f"{path.name}: {item['key']} repeats guideline {g.id}")
             guidelines[g.id] = g
             keys[item["key"]] = g.id
-        for ex in data["examples"]:
-            text = ex["input"].strip()
-            norm = normalise_text(text)
-            if not text or norm in seen_inputs:
-                continue
-            seen_inputs.add(norm)
-            try:
-                ids = [keys[k] for k in ex["keys"]]
-            except KeyError as exc:
-                raise StarterError(f"{path.name}: example links unknown key {exc}") from None
-            examples.append(Example(input=text, guideline_ids=ids,
-                                    split=split_for(text, test_percent)))  # type: ignore[arg-type]
+        all_keys.update(keys)
+        examples += _examples(path, data["examples"], keys, seen_inputs, test_percent)
+    # Extra example files link inputs to guidelines of any category by key.
+    for path in sorted(sources.glob(f"*{EXTRA_SUFFIX}")):
+        data = json.loads(path.read_text("utf-8"))
+        examples += _examples(path, data["examples"], all_keys, seen_inputs, test_percent)
     manifest = Manifest(
         name="guide-align-starter",
         version=version,
@@ -84,3 +80,21 @@ def assemble_starter(
     )
     return Library(manifest=manifest, guidelines=list(guidelines.values()),
                    examples=examples).sealed()
+
+
+def _examples(path: Path, items: list[dict[str, object]], keys: dict[str, str],
+              seen: set[str], test_percent: int) -> list[Example]:
+    out = []
+    for ex in items:
+        text = str(ex["input"]).strip()
+        norm = normalise_text(text)
+        if not text or norm in seen:
+            continue
+        seen.add(norm)
+        try:
+            ids = list(dict.fromkeys(keys[str(k)] for k in ex["keys"]))  # type: ignore[attr-defined]
+        except KeyError as exc:
+            raise StarterError(f"{path.name}: example links unknown key {exc}") from None
+        out.append(Example(input=text, guideline_ids=ids,
+                           split=split_for(text, test_percent)))  # type: ignore[arg-type]
+    return out

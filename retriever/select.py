@@ -26,9 +26,12 @@ def select_hits(
     (the paper uses 0.5). With ``config.mmr`` and the hits' embedding ``vectors``, the order is
     maximal marginal relevance instead of plain score.
     """
-    pool = [h for h in hits if h.score >= config.min_score]
+    drop_safety = config.safety_margin is not None and not _safety_wins(
+        hits, config.safety_margin)
+    keep_idx = [i for i, h in enumerate(hits) if h.score >= config.min_score
+                and not (drop_safety and h.kind == "safety")]
+    pool = [hits[i] for i in keep_idx]
     if config.mmr and vectors is not None and len(pool) > 1:
-        keep_idx = [i for i, h in enumerate(hits) if h.score >= config.min_score]
         pool = _mmr_order(pool, vectors[keep_idx], config.mmr_lambda)
     kept: list[Hit] = []
     for hit in pool:
@@ -37,6 +40,14 @@ def select_hits(
         if all(_similar(hit.text, other.text) < config.dedup_threshold for other in kept):
             kept.append(hit)
     return kept
+
+
+def _safety_wins(hits: Sequence[Hit], margin: float) -> bool:
+    best_safety = max((h.score for h in hits if h.kind == "safety"), default=None)
+    if best_safety is None:
+        return False
+    best_quality = max((h.score for h in hits if h.kind != "safety"), default=None)
+    return best_quality is None or best_safety >= best_quality + margin
 
 
 def _mmr_order(pool: list[Hit], vecs: np.ndarray, lam: float) -> list[Hit]:

@@ -41,6 +41,10 @@ class SelectConfig:
     candidates: int = 24
     mmr: bool = False
     mmr_lambda: float = 0.7
+    # Safety guidelines are kept only when the best safety candidate outscores the best quality
+    # candidate by at least this margin (None: off). Benign prompts with alarming words tend to
+    # match safety guidelines weakly and quality guidelines strongly; this keeps them quality-only.
+    safety_margin: float | None = None
 
 
 class Retriever(Protocol):
