@@ -31,7 +31,8 @@ def _run_gateway(host: str | None, port: int | None) -> None:
         settings.host = host
     if port:
         settings.port = port
-    logging.basicConfig(level=settings.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=settings.log_level.upper(),
+                        format="%(levelname)s %(name)s: %(message)s")
     uvicorn.run(
         create_app(settings), host=settings.host, port=settings.port,
         log_level=settings.log_level, loop="auto", http="auto", access_log=False,
@@ -49,16 +50,17 @@ def serve(
 
 @app.command()
 def prepare(
-    train: Annotated[bool, typer.Option(help="Train the retriever if no trained one exists")] = True,
+    train: Annotated[bool, typer.Option(help="Train the retriever if none exists")] = True,
 ) -> None:
     """Make the default artifacts ready: trained retriever (if missing) and index."""
     from app.config import get_settings
-    from app.main import load_retriever
-    from retriever.prepare import ensure_trained_encoder
+    from app.main import load_retriever, retriever_paths
+    from retriever.prepare import ensure_encoder_backend, ensure_trained_encoder
 
     settings = get_settings()
     if train and settings.encoder_path is None:
         ensure_trained_encoder(settings.library_path, settings.trained_encoder_path)
+    ensure_encoder_backend(retriever_paths(settings), settings.encoder_backend)
     retriever = load_retriever(settings)
     typer.echo(f"retriever ready: {retriever.size} guidelines indexed at {settings.index_path}")
 

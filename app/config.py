@@ -36,10 +36,14 @@ class Settings(BaseSettings):
 
     # retrieval and selection
     k: int = Field(6, ge=0, le=50)
-    min_score: float = Field(0.35, ge=-1.0, le=1.0)
+    # defaults chosen on the DEV halves of bench/retrieval_quality.py (trained retriever)
+    min_score: float = Field(0.4, ge=-1.0, le=1.0)
     dedup_threshold: float = Field(0.5, ge=0.0, le=1.0)
     candidates: int = Field(24, ge=1, le=500)
     window: int = Field(3, ge=0, le=50)
+    # keep safety guidelines only when the best safety candidate beats the best quality one by
+    # this margin (None disables); tuned with bench/retrieval_quality.py
+    safety_margin: float | None = Field(0.05, ge=-1.0, le=1.0)
     max_batch: int = Field(64, ge=1)
 
     # request limits
@@ -50,6 +54,10 @@ class Settings(BaseSettings):
     index_path: Path = VAR_DIR / "index"
     encoder_path: Path | None = None
     trained_encoder_path: Path = VAR_DIR / "encoder"
+    # torch (reference) | onnx | onnx-int8 | static; derived ones are exported to VAR_DIR/encoders
+    # (`guide-align prepare`). onnx-int8: ~5x faster per query than torch, -0.4 pt recall@6
+    # held out (bench/retrieval_latency.py); set "torch" for the reference path.
+    encoder_backend: str = "onnx-int8"
     build_missing_index: bool = True
 
     # server
@@ -64,12 +72,22 @@ class Settings(BaseSettings):
             raise ValueError("upstream_base_url must start with http:// or https://")
         return v.rstrip("/")
 
+    @field_validator("encoder_backend")
+    @classmethod
+    def _known_backend(cls, v: str) -> str:
+        from retriever.backends import BACKENDS
+
+        if v not in BACKENDS:
+            raise ValueError(f"encoder_backend must be one of {sorted(BACKENDS)}")
+        return v
+
     @field_validator("upstream_api_key")
     @classmethod
     def _refuse_placeholder(cls, v: SecretStr | None) -> SecretStr | None:
         if v is not None and not v.get_secret_value().strip():
             return None  # an empty variable (compose default) means no key
-        if v is not None and v.get_secret_value().strip().lower() in {"changeme", "change-me", "xxx"}:
+        placeholders = {"changeme", "change-me", "xxx"}
+        if v is not None and v.get_secret_value().strip().lower() in placeholders:
             raise ValueError("upstream_api_key is a placeholder; set a real key or leave it unset")
         return v
 

@@ -120,6 +120,8 @@ def select_config(base: SelectConfig, options: GuideAlignOptions) -> SelectConfi
         changes["k"] = options.k
     if options.min_score is not None:
         changes["min_score"] = options.min_score
+    if options.safety_margin is not None:
+        changes["safety_margin"] = options.safety_margin
     return dataclasses.replace(base, **changes) if changes else base
 
 

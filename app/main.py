@@ -29,20 +29,25 @@ def select_defaults(settings: Settings) -> SelectConfig:
         min_score=settings.min_score,
         dedup_threshold=settings.dedup_threshold,
         candidates=settings.candidates,
+        safety_margin=settings.safety_margin,
     )
 
 
-def load_retriever(settings: Settings) -> DenseRetriever:
-    """Open the configured library, encoder and index (building the index if allowed)."""
-    paths = RetrieverPaths(
+def retriever_paths(settings: Settings) -> RetrieverPaths:
+    """Where the configured library, encoder, exports and index live."""
+    return RetrieverPaths(
         library=settings.library_path,
         index=settings.index_path,
         encoder=settings.encoder_path,
         trained_encoder=settings.trained_encoder_path,
     )
+
+
+def load_retriever(settings: Settings) -> DenseRetriever:
+    """Open the configured library, encoder backend and index (building what is allowed)."""
     return open_retriever(
-        paths, config=select_defaults(settings), window=settings.window,
-        build_missing=settings.build_missing_index,
+        retriever_paths(settings), config=select_defaults(settings), window=settings.window,
+        build_missing=settings.build_missing_index, backend=settings.encoder_backend,
     )
 
 
@@ -57,7 +62,10 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        loaded = retriever or await anyio.to_thread.run_sync(load_retriever, settings)
+        if retriever is not None:
+            loaded = retriever
+        else:
+            loaded = await anyio.to_thread.run_sync(load_retriever, settings)
         searcher = BatchingSearcher(loaded, max_batch=settings.max_batch)
         searcher.start()
         async with build_client(settings, transport) as client:

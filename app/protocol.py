@@ -15,6 +15,7 @@ class GuideAlignOptions(BaseModel):
     enabled: bool = True
     k: int | None = Field(None, ge=0, le=50)
     min_score: float | None = Field(None, ge=-1.0, le=1.0)
+    safety_margin: float | None = Field(None, ge=-1.0, le=1.0)
 
 
 class ChatMessage(BaseModel):

@@ -1,7 +1,360 @@
-"""`guide-align finetune ...`: generate, export, train, evaluate."""
+"""`guide-align finetune ...`: generate, export, train, evaluate, gguf, serve."""
 
 from __future__ import annotations
 
+import asyncio
+import json
+import subprocess
+from pathlib import Path
+from typing import Annotated, Any
+
 import typer
+from rich.console import Console
+from rich.table import Table
+
+from guideline_lib.io import default_library_path
+from guideline_lib.llm import LLMConfig
 
 app = typer.Typer(help="Labrador-style fine-tune stage.", no_args_is_help=True)
+console = Console(width=120)
+Opt = typer.Option
+VAR = Path("var")
+
+
+def _fail(message: str, code: int = 2) -> typer.Exit:
+    console.print(f"[red]error:[/red] {message}")
+    return typer.Exit(code)
+
+
+def _default_base() -> Path:
+    # The one import of `app`: where the embedded SmolLM2 GGUF file lives.
+    from app.launcher import smollm2_path
+
+    return smollm2_path()
+
+
+@app.command()
+def generate(
+    inputs: Annotated[list[Path], typer.Argument(help="JSONL / JSON / CSV / text files or "
+                                                 "dataset directories")],
+    run: Annotated[Path, Opt("-o", "--output", help="Run directory (journal, cache, run.json)")],
+    text_field: Annotated[str, Opt(help="Field / column holding the input text")] = "text",
+    max_chars: Annotated[int, Opt(help="Longer inputs are skipped")] = 8000,
+    library: Annotated[Path, Opt(help="Guideline library")] = default_library_path(),
+    index: Annotated[Path, Opt(help="Index directory (built when missing)")] = VAR / "index",
+    encoder: Annotated[Path | None, Opt(help="Encoder (default: trained, else base)")] = None,
+    base_url: Annotated[str, Opt(help="OpenAI-compatible endpoint")] = LLMConfig.base_url,
+    model: Annotated[str, Opt(help="Model name sent to the endpoint")] = LLMConfig.model,
+    api_key: Annotated[str | None, Opt(envvar="GUIDE_ALIGN_LLM_API_KEY",
+                                       help="API key (or env GUIDE_ALIGN_LLM_API_KEY)")] = None,
+    temperature: Annotated[float, Opt()] = LLMConfig.temperature,
+    max_tokens: Annotated[int, Opt(help="Answer length cap (longer answers are dropped "
+                                   "at export)")] = LLMConfig.max_tokens,
+    timeout: Annotated[float, Opt(help="Seconds per LLM call")] = LLMConfig.timeout,
+    concurrency: Annotated[int, Opt(help="LLM calls in flight")] = LLMConfig.concurrency,
+    retries: Annotated[int, Opt(help="Retries on 429/5xx/timeouts")] = LLMConfig.max_retries,
+    k: Annotated[int, Opt(help="Guidelines per input (as the gateway)")] = 6,
+    min_score: Annotated[float, Opt()] = 0.35,
+    dedup_threshold: Annotated[float, Opt()] = 0.5,
+    window: Annotated[int, Opt(help="Earlier user turns in the retrieval query")] = 3,
+    system: Annotated[str | None, Opt(help="The client's system message for every input")] = None,
+    cache: Annotated[bool, Opt(help="Cache LLM answers by request")] = True,
+    retry_failed: Annotated[bool, Opt(help="Redo inputs that failed last time")] = False,
+    progress: Annotated[bool, Opt(help="Show a progress bar")] = True,
+) -> None:
+    """Guided answers for inputs (same retrieval and injection as the gateway); resumable."""
+    from finetune.generate import GenerateConfig, execute_generate, fingerprint, run_manifest
+    from finetune.io import CACHE, RunError, check_run, open_journal, write_run_manifest
+    from guideline_lib.inputs import InputError, read_inputs
+    from guideline_lib.journal import JournalError
+    from guideline_lib.llm import LLMUnreachable, ResponseCache
+    from retriever.service import RetrieverPaths, open_retriever, resolve_encoder
+    from retriever.types import SelectConfig
+
+    try:
+        items, read = read_inputs(inputs, text_field=text_field, max_chars=max_chars)
+    except InputError as exc:
+        raise _fail(str(exc)) from None
+    console.print(read.summary())
+    for note in read.notes:
+        console.print(f"  [yellow]{note}[/yellow]")
+    if not items:
+        raise _fail("no usable inputs", 1)
+    select = SelectConfig(k=k, min_score=min_score, dedup_threshold=dedup_threshold)
+    paths = RetrieverPaths(library=library, index=index, encoder=encoder,
+                           trained_encoder=VAR / "encoder")
+    retriever = open_retriever(paths, config=select, window=window)
+    llm = LLMConfig(base_url=base_url, model=model, api_key=api_key, temperature=temperature,
+                    max_tokens=max_tokens, timeout=timeout, max_retries=retries,
+                    concurrency=concurrency)
+    config = GenerateConfig(select=select, window=window, system=system, retry_failed=retry_failed)
+    lib = retriever.library
+    fp = fingerprint(config, llm, library_hash=lib.content_hash())
+    try:
+        check_run(run, fp)
+    except RunError as exc:
+        raise _fail(str(exc)) from None
+    lib_info = {"name": lib.manifest.name, "version": lib.manifest.version,
+                "content_hash": lib.content_hash(), "path": str(library)}
+    read_info = {"rows": read.read, "kept": read.kept, "skipped": read.skipped}
+
+    def manifest(counts: dict[str, int] | None = None) -> dict[str, Any]:
+        return run_manifest(fingerprint=fp, library=lib_info, encoder=str(resolve_encoder(paths)),
+                            llm=llm, config=config, inputs=[str(p) for p in inputs],
+                            read=read_info, counts=counts)
+
+    write_run_manifest(run, manifest())
+    journal = open_journal(run)
+    response_cache = ResponseCache(run / CACHE) if cache else None
+    try:
+        result = asyncio.run(execute_generate(items, retriever=retriever, llm=llm,
+                                              journal=journal, config=config,
+                                              cache=response_cache, show_progress=progress))
+    except (LLMUnreachable, JournalError) as exc:
+        raise _fail(f"{exc}\nNothing is lost: rerun the same command to resume.") from None
+    except KeyboardInterrupt:
+        raise _fail("interrupted; rerun the same command to resume", 130) from None
+    finally:
+        journal.close()
+        if response_cache is not None:
+            response_cache.close()
+    n_failed = len(journal.failed_keys())
+    counts = {"inputs": len(items), "records": len(journal), "ok": len(journal) - n_failed,
+              "failed": n_failed}
+    write_run_manifest(run, manifest(counts))
+    s = result.stats
+    console.print(f"{s.total} inputs: {s.skipped_done} already done, {s.ok} answered, "
+                  f"{s.failed} failed in {s.seconds:.0f}s; LLM: {result.calls.requests} requests, "
+                  f"{result.calls.cache_hits} cache hits, {result.calls.retries} retries")
+    console.print(f"run {run}: {counts}")
+    if n_failed:
+        console.print("rerun with --retry-failed to try the failed inputs again")
+
+
+@app.command()
+def export(
+    run: Annotated[Path, typer.Argument(help="Run directory from `finetune generate`")],
+    output: Annotated[Path, Opt("-o", "--output", help="Output directory")],
+    fmt: Annotated[str, Opt("--format", help="openai | sharegpt | alpaca | hf")] = "openai",
+    dedup: Annotated[bool, Opt(help="Drop repeated (normalised) inputs and answers")] = False,
+    min_answer_chars: Annotated[int, Opt(help="Shorter answers are dropped")] = 1,
+    max_answer_chars: Annotated[int, Opt(help="Longer answers are dropped (0: no limit)")] = 0,
+    max_input_chars: Annotated[int, Opt(help="Longer prompts are dropped (0: no limit)")] = 0,
+    validation: Annotated[float, Opt(help="Validation fraction")] = 0.1,
+    seed: Annotated[int, Opt(help="Split seed")] = 13,
+) -> None:
+    """SFT set from guided answers, guidelines stripped from the prompt, with a dataset card."""
+    from finetune.export import FORMATS, ExportConfig, build_sft, export_manifest
+    from finetune.io import RunError, read_run, write_export
+
+    if fmt not in FORMATS:
+        raise _fail(f"--format must be one of {', '.join(FORMATS)}")
+    if not 0 <= validation < 1:
+        raise _fail("--validation must be in [0, 1)")
+    try:
+        run_info, records = read_run(run)
+    except RunError as exc:
+        raise _fail(str(exc)) from None
+    config = ExportConfig(format=fmt, dedup=dedup,  # type: ignore[arg-type]
+                          min_answer_chars=min_answer_chars, max_answer_chars=max_answer_chars,
+                          max_input_chars=max_input_chars, validation=validation, seed=seed)
+    sft = build_sft(records, config=config)
+    served = sorted({str(r["model"]) for r in records if r.get("model")})
+    manifest = export_manifest(sft, config=config, run=run_info, served_models=served)
+    write_export(sft, output, manifest=manifest)
+    st = sft.stats
+    console.print(f"{st.records} records: dropped {st.failed} failed, {st.empty} empty, "
+                  f"{st.truncated} truncated, {st.too_short} too short, {st.too_long} too long, "
+                  f"{st.duplicate} duplicate; kept {st.kept} ({st.train} train, "
+                  f"{st.validation} validation)")
+    console.print(f"wrote {output} ({fmt}, data hash {manifest['data_hash'][:12]})")
+
+
+@app.command()
+def train(
+    data: Annotated[Path, typer.Argument(help="Export directory from `finetune export`")],
+    output: Annotated[Path, Opt("-o", "--output", help="Tuned model directory")],
+    base: Annotated[Path | None, Opt(help="Base model: .gguf file or transformers directory "
+                                     "(default: the embedded SmolLM2-135M-Instruct)")] = None,
+    epochs: Annotated[float | None, Opt()] = None,
+    lr: Annotated[float | None, Opt(help="Learning rate")] = None,
+    batch_size: Annotated[int | None, Opt()] = None,
+    grad_accum: Annotated[int | None, Opt()] = None,
+    max_length: Annotated[int | None, Opt(help="Tokens per example (longer are cut)")] = None,
+    lora_r: Annotated[int | None, Opt()] = None,
+    lora_alpha: Annotated[int | None, Opt()] = None,
+    lora_layers: Annotated[int | None, Opt(help="LoRA on the last n layers only (0: all)")]
+    = None,
+    max_steps: Annotated[int | None, Opt(help="Stop after n optimiser steps")] = None,
+    seed: Annotated[int | None, Opt()] = None,
+    threads: Annotated[int | None, Opt(help="torch threads (0: all cores)")] = None,
+    gguf: Annotated[bool, Opt(help="Also write model.gguf for llama.cpp")] = True,
+    gguf_template: Annotated[Path | None, Opt(help="GGUF file whose tokenizer to use "
+                                              "(default: the base, when it is a GGUF)")] = None,
+    progress: Annotated[bool, Opt(help="Show a progress bar")] = True,
+) -> None:
+    """LoRA SFT (assistant tokens only) on CPU; saves adapter, merged model, GGUF and manifest."""
+    from finetune.export import ExportError
+    from finetune.io import read_export
+    from finetune.models import ModelError, load_model, set_threads
+    from finetune.train import TrainConfig, train_sft, with_overrides
+
+    config = with_overrides(TrainConfig(gguf=gguf, show_progress=progress), epochs=epochs,
+                            learning_rate=lr, batch_size=batch_size, grad_accum=grad_accum,
+                            max_length=max_length, lora_r=lora_r, lora_alpha=lora_alpha,
+                            lora_layers=lora_layers, max_steps=max_steps, seed=seed,
+                            threads=threads)
+    set_threads(config.threads)
+    try:
+        manifest, splits = read_export(data)
+        loaded = load_model(base or _default_base())
+    except (ExportError, ModelError) as exc:
+        raise _fail(str(exc)) from None
+    if not splits["train"]:
+        raise _fail(f"{data} has no training examples", 1)
+    console.print(f"training on {len(splits['train'])} examples ({len(splits['validation'])} "
+                  f"validation) from {data}, base {loaded.source}")
+    try:
+        result = train_sft(splits, output, base=loaded, config=config, data=manifest,
+                           gguf_template=gguf_template)
+    except ValueError as exc:
+        raise _fail(str(exc), 1) from None
+    m = result.manifest["metrics"]
+    console.print(f"trained in {m['train_seconds']:.0f}s ({m['steps']} steps, train loss "
+                  f"{m['train_loss']}, validation loss {m['eval_loss_before']} -> "
+                  f"{m['eval_loss_after']}); wrote {output}")
+    arts = result.manifest["artifacts"]
+    if arts["gguf"]:
+        console.print(f"serve it: guide-align finetune serve {output} --port 8082")
+    elif arts["gguf_note"]:
+        console.print(f"[yellow]no GGUF written:[/yellow] {arts['gguf_note']}")
+
+
+def _answerer(spec: str, name: str, model: str, *, max_new_tokens: int, batch_size: int) -> Any:
+    from finetune.evaluate import EndpointAnswerer, LocalAnswerer
+    from finetune.models import load_model
+
+    if spec.startswith(("http://", "https://")):
+        return EndpointAnswerer(name, LLMConfig(base_url=spec, model=model, temperature=0.0,
+                                                max_tokens=max_new_tokens))
+    return LocalAnswerer(name, load_model(spec), max_new_tokens=max_new_tokens,
+                         batch_size=batch_size)
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1%}"
+
+
+@app.command()
+def evaluate(
+    tuned: Annotated[str, typer.Argument(help="Tuned model directory, or its endpoint URL")],
+    base: Annotated[str | None, Opt(help="Base model (.gguf, directory or endpoint URL; "
+                                    "default: the embedded SmolLM2)")] = None,
+    inputs: Annotated[Path | None, Opt(help="JSONL of {text, label: harmful|benign}")] = None,
+    library: Annotated[Path, Opt(help="Else: this library's held-out split")]
+    = default_library_path(),
+    limit: Annotated[int, Opt(help="Held-out inputs (half harmful, half benign; 0: all)")] = 100,
+    system: Annotated[str | None, Opt(help="Client system message for every input")] = None,
+    max_new_tokens: Annotated[int, Opt()] = 128,
+    batch_size: Annotated[int, Opt()] = 8,
+    threads: Annotated[int, Opt(help="torch threads (0: all cores)")] = 0,
+    model_name: Annotated[str, Opt(help="Model name sent to endpoint URLs")] = LLMConfig.model,
+    judge_url: Annotated[str | None, Opt(help="OpenAI-compatible LLM judge endpoint")] = None,
+    judge_model: Annotated[str, Opt()] = LLMConfig.model,
+    judge_api_key: Annotated[str | None, Opt(envvar="GUIDE_ALIGN_JUDGE_API_KEY")] = None,
+    json_out: Annotated[Path | None, Opt("--json", help="Write the report (with answers)")]
+    = None,
+) -> None:
+    """Base vs tuned: refusal rate on harmful and non-refusal rate on benign held-out inputs."""
+    from dataclasses import asdict
+
+    from finetune.evaluate import (
+        LLMJudge,
+        eval_items_from_rows,
+        evaluate_models,
+        library_eval_items,
+    )
+    from finetune.models import set_threads
+    from guideline_lib.io import load_library
+
+    set_threads(threads)
+    if inputs is not None:
+        rows = [json.loads(x) for x in inputs.read_text("utf-8").splitlines() if x.strip()]
+        items, skipped = eval_items_from_rows(rows)
+        items = items[:limit] if limit else items
+        console.print(f"{len(items)} labelled inputs from {inputs} ({skipped} skipped)")
+    else:
+        items = library_eval_items(load_library(library), limit=limit)
+        console.print(f"{len(items)} held-out inputs from {library}")
+    if not items:
+        raise _fail("no labelled inputs", 1)
+    opts = {"max_new_tokens": max_new_tokens, "batch_size": batch_size}
+    models = [_answerer(base or str(_default_base()), "base", model_name, **opts),
+              _answerer(tuned, "tuned", model_name, **opts)]
+    judge = (LLMJudge(LLMConfig(base_url=judge_url, model=judge_model, api_key=judge_api_key,
+                                temperature=0.0, max_tokens=8)) if judge_url else None)
+    report = evaluate_models(items, models, system=system, judge=judge)
+    table = Table(title="held-out behaviour (heuristic judge: refusal phrases"
+                        + (", and LLM judge)" if judge else ")"))
+    cols = ["model", "harmful", "refusal (harmful) ↑", "benign", "non-refusal (benign) ↑",
+            "mean chars"] + (["judge refusal ↑", "judge non-refusal ↑"] if judge else [])
+    for col in cols:
+        table.add_column(col, justify="left" if col == "model" else "right")
+    for r in report.rows:
+        cells = [r.name, str(r.harmful), _pct(r.refusal_rate_harmful), str(r.benign),
+                 _pct(r.non_refusal_rate_benign), f"{r.mean_answer_chars:.0f}"]
+        if judge:
+            cells += [_pct(r.judge_refusal_rate_harmful), _pct(r.judge_non_refusal_rate_benign)]
+        table.add_row(*cells)
+    console.print(table)
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps({
+            "rows": [asdict(r) for r in report.rows],
+            "items": [asdict(i) | {n: a[k] for n, a in report.answers.items()}
+                      for k, i in enumerate(report.items)],
+        }, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+@app.command()
+def gguf(
+    model: Annotated[Path, typer.Argument(help="Merged llama model directory (or tuned dir)")],
+    template: Annotated[Path, Opt(help="The base model's GGUF file (tokenizer, template)")],
+    output: Annotated[Path, Opt("-o", "--output", help="GGUF file to write")],
+    f16: Annotated[bool, Opt(help="F16 matrices (else F32)")] = True,
+) -> None:
+    """Write a merged llama-architecture model as a GGUF file for llama.cpp."""
+    from finetune.models import ModelError, load_model
+    from finetune.serve import GGUFExportError, export_gguf
+
+    try:
+        loaded = load_model(model)
+        export_gguf(loaded.model, output, template=template, name=model.name, f16=f16)
+    except (ModelError, GGUFExportError) as exc:
+        raise _fail(str(exc)) from None
+    console.print(f"wrote {output}")
+
+
+@app.command()
+def serve(
+    tuned: Annotated[Path, typer.Argument(help="Tuned model directory (with model.gguf) or a "
+                                          ".gguf file")],
+    host: Annotated[str, Opt()] = "127.0.0.1",
+    port: Annotated[int, Opt()] = 8082,
+    alias: Annotated[str, Opt(help="Model name the server reports")] = "guide-align-tuned",
+    n_ctx: Annotated[int, Opt()] = 2048,
+    threads: Annotated[int, Opt(help="llama.cpp threads (0: its default)")] = 0,
+) -> None:
+    """Serve the tuned GGUF with the llama.cpp OpenAI-compatible server (foreground)."""
+    from finetune.models import GGUF_FILE
+    from finetune.serve import server_command
+
+    gguf_file = tuned if tuned.suffix == ".gguf" else tuned / GGUF_FILE
+    if not gguf_file.is_file():
+        raise _fail(f"{gguf_file} not found; train with --gguf or run `finetune gguf`")
+    cmd = server_command(gguf_file, host=host, port=port, alias=alias, n_ctx=n_ctx,
+                         threads=threads)
+    console.print(f"serving {gguf_file} on http://{host}:{port}/v1 as {alias!r}; point the "
+                  f"gateway at it: GUIDE_ALIGN_UPSTREAM_BASE_URL=http://{host}:{port}/v1")
+    raise typer.Exit(subprocess.call(cmd))
+

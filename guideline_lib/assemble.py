@@ -113,7 +113,7 @@ def assemble_library(
             continue
         seen.add((item.text, tuple(ids)))
         examples.append(Example(input=item.text, guideline_ids=ids,
-                                split=split_for(item.text, test_percent)))  # type: ignore[arg-type]
+                                split=split_for(item.text, test_percent)))
         stats.new_examples += 1
     library = Library(manifest=manifest or base.manifest, guidelines=guidelines,
                       examples=examples)

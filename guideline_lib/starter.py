@@ -96,5 +96,5 @@ def _examples(path: Path, items: list[dict[str, object]], keys: dict[str, str],
         except KeyError as exc:
             raise StarterError(f"{path.name}: example links unknown key {exc}") from None
         out.append(Example(input=text, guideline_ids=ids,
-                           split=split_for(text, test_percent)))  # type: ignore[arg-type]
+                           split=split_for(text, test_percent)))
     return out

@@ -95,3 +95,35 @@ def search(
     for n, h in enumerate(r.search(text), 1):
         table.add_row(str(n), f"{h.score:.3f}", h.kind, h.category, h.id, h.text)
     console.print(table)
+
+
+@app.command("export-encoder")
+def export_encoder_cmd(
+    backend: Annotated[str, typer.Option(help="onnx | onnx-int8 | static | all")] = "all",
+    encoder: Annotated[Path | None, typer.Option(help="Source sentence-transformers directory "
+                                                 "(default: trained, else base)")] = None,
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="Output directory (one "
+                                                "backend only; default: var/encoders/...)")]
+    = None,
+    exports: Annotated[Path, typer.Option(help="Cache of exported encoders")] = VAR / "encoders",
+) -> None:
+    """Export fast encoder variants (ONNX, int8 ONNX, static) with manifests naming the source."""
+    from retriever.backends import BACKENDS, derived_path, export_encoder, read_manifest
+    from retriever.service import RetrieverPaths, resolve_encoder
+
+    names = [n for n, b in BACKENDS.items() if b.export] if backend == "all" else [backend]
+    if any(BACKENDS.get(n) is None or BACKENDS[n].export is None for n in names):
+        raise typer.BadParameter(f"--backend: one of {[n for n, b in BACKENDS.items() if b.export]}"
+                                 " or all")
+    if output is not None and len(names) != 1:
+        raise typer.BadParameter("--output needs a single --backend")
+    source = resolve_encoder(RetrieverPaths(library=default_library_path(), index=VAR / "index",
+                                            encoder=encoder, trained_encoder=VAR / "encoder"))
+    table = Table(title=f"encoder exports of {source}")
+    for col in ("backend", "directory", "MB", "encoder hash"):
+        table.add_column(col)
+    for name in names:
+        out = export_encoder(source, name, output or derived_path(source, name, exports))
+        mb = sum(f.stat().st_size for f in out.rglob("*") if f.is_file()) / 1e6
+        table.add_row(name, str(out), f"{mb:.0f}", read_manifest(out)["encoder_hash"][:12])
+    console.print(table)

@@ -68,9 +68,8 @@ class SentenceTransformerEncoder:
         if backend != "torch":
             kwargs["backend"] = backend
         self.model = SentenceTransformer(str(self.path), local_files_only=True, **kwargs)
-        get_dim = getattr(self.model, "get_embedding_dimension", None) or getattr(
-            self.model, "get_sentence_embedding_dimension"
-        )
+        get_dim = getattr(self.model, "get_embedding_dimension", None) \
+            or self.model.get_sentence_embedding_dimension
         dim = get_dim()
         if dim is None:
             raise EncoderError(f"{self.path}: unknown embedding dimension")
@@ -82,6 +81,8 @@ class SentenceTransformerEncoder:
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         """Normalised embeddings, one row per text."""
+        if not texts:
+            return np.zeros((0, self._dim), dtype=np.float32)
         vecs = self.model.encode(
             list(texts),
             batch_size=64,

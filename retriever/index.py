@@ -40,6 +40,7 @@ def make_faiss_index(vectors: np.ndarray, config: IndexConfig) -> Any:
     import faiss
 
     n, dim = vectors.shape
+    index: Any
     if config.kind == "flat":
         index = faiss.IndexFlatIP(dim)
     elif config.kind == "hnsw":

@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 
 from guideline_lib.io import load_library
+from retriever.service import RetrieverPaths, backend_encoder, resolve_encoder
 from retriever.train import MANIFEST, TrainConfig, train_retriever
 
 log = logging.getLogger(__name__)
@@ -31,3 +32,15 @@ def ensure_trained_encoder(library_path: Path, encoder: Path,
     print(f"retriever trained in {result.seconds:.0f}s; held-out before {result.before} "
           f"after {result.after}")
     return encoder
+
+
+def ensure_encoder_backend(paths: RetrieverPaths, backend: str) -> Path:
+    """Export (cached) the ``backend`` variant of the resolved encoder unless it is current."""
+    from retriever.backends import derived_path, get_backend, is_current
+
+    source = resolve_encoder(paths)
+    if get_backend(backend).export is not None:
+        target = derived_path(source, backend, paths.exports_dir)
+        if not is_current(target, source, backend):
+            print(f"exporting the {backend} encoder from {source} -> {target}")
+    return backend_encoder(paths, backend)

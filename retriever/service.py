@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 from guideline_lib.io import load_library
-from retriever.encoder import base_model_path, directory_hash, load_encoder
+from retriever.backends import (
+    DEFAULT_BACKEND,
+    ensure_backend_encoder,
+    load_backend_encoder,
+    model_hash,
+)
+from retriever.encoder import base_model_path
 from retriever.index import IndexConfig, IndexError_, build_index, load_index, save_index
 from retriever.search import DenseRetriever
 from retriever.types import SelectConfig
@@ -24,6 +29,12 @@ class RetrieverPaths:
     index: Path
     encoder: Path | None = None  # None: the trained encoder if present, else base MiniLM
     trained_encoder: Path | None = None
+    exports: Path | None = None  # derived encoders (onnx, static); None: <index parent>/encoders
+
+    @property
+    def exports_dir(self) -> Path:
+        """Where exported encoder variants are cached."""
+        return self.exports if self.exports is not None else self.index.parent / "encoders"
 
 
 def resolve_encoder(paths: RetrieverPaths) -> Path:
@@ -37,12 +48,13 @@ def resolve_encoder(paths: RetrieverPaths) -> Path:
 
 def encoder_hash(path: Path) -> str:
     """Content hash of an encoder, read from its manifest when it has one."""
-    manifest = path / "guide_align_manifest.json"
-    if manifest.exists():
-        recorded = json.loads(manifest.read_text("utf-8")).get("encoder_hash")
-        if recorded:
-            return str(recorded)
-    return directory_hash(path)
+    return model_hash(path)
+
+
+def backend_encoder(paths: RetrieverPaths, backend: str = DEFAULT_BACKEND, *,
+                    build: bool = True) -> Path:
+    """The encoder directory ``backend`` loads: the resolved encoder or its cached export."""
+    return ensure_backend_encoder(resolve_encoder(paths), backend, paths.exports_dir, build=build)
 
 
 def open_retriever(
@@ -52,12 +64,17 @@ def open_retriever(
     window: int = 3,
     build_missing: bool = True,
     index_config: IndexConfig | None = None,
+    backend: str = DEFAULT_BACKEND,
 ) -> DenseRetriever:
-    """Load library, encoder and index; (re)build the index when missing or stale."""
+    """Load library, encoder (via ``backend``) and index; (re)build what is missing or stale.
+
+    The index manifest records the hash of the model the backend actually runs (the ONNX or
+    static export, not its source), so an index built for one backend is rebuilt for another.
+    """
     library = load_library(paths.library)
-    enc_path = resolve_encoder(paths)
+    enc_path = backend_encoder(paths, backend, build=build_missing)
     enc_hash = encoder_hash(enc_path)
-    encoder = load_encoder(str(enc_path))
+    encoder = load_backend_encoder(str(enc_path), backend)
     try:
         loaded = load_index(
             paths.index, library_hash=library.content_hash(), encoder_hash=enc_hash
@@ -70,5 +87,6 @@ def open_retriever(
             library, encoder, encoder_path=str(enc_path), encoder_hash=enc_hash,
             config=index_config,
         )
+        loaded.manifest["encoder_backend"] = backend
         save_index(loaded, paths.index)
     return DenseRetriever(library, encoder, loaded, config=config, window=window)

@@ -6,6 +6,8 @@ import json
 import logging
 import os
 import random
+import shutil
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -97,7 +99,7 @@ def train_retriever(
         SentenceTransformer,
         SentenceTransformerTrainer,
         SentenceTransformerTrainingArguments,
-        losses,
+        losses,  # type: ignore[attr-defined]
     )
     from sentence_transformers.training_args import BatchSamplers
     from sentence_transformers.util import mine_hard_negatives
@@ -146,13 +148,14 @@ def train_retriever(
     before = evaluator(model) if evaluator is not None else {}
 
     # 5. arguments
-    work = output.parent / f".{output.name}.work"
+    output.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(dir=output.parent, prefix=f".{output.name}.", suffix=".work"))
     args = SentenceTransformerTrainingArguments(
         output_dir=str(work),
         num_train_epochs=config.epochs,
         per_device_train_batch_size=config.batch_size,
         learning_rate=config.learning_rate,
-        warmup_ratio=config.warmup_ratio,
+        warmup_steps=config.warmup_ratio,  # a float below 1 is a ratio in transformers 5
         batch_sampler=BatchSamplers.NO_DUPLICATES,
         seed=config.seed,
         data_seed=config.seed,
@@ -198,8 +201,6 @@ def train_retriever(
             "encoder_hash": directory_hash(tmp),
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", "utf-8")
-    import shutil
-
     shutil.rmtree(work, ignore_errors=True)
     return TrainResult(output=output, before=before, after=after, counts=counts,
                        seconds=time.monotonic() - started)

@@ -30,7 +30,7 @@ def gateway(small_retriever, upstream_log) -> Callable[..., Any]:  # type: ignor
     @contextmanager
     def make(**overrides: Any) -> Iterator[TestClient]:
         settings = Settings(upstream_base_url="http://upstream.test/v1", min_score=0.2,
-                            **overrides)
+                            safety_margin=None, **overrides)
         transport = httpx.ASGITransport(app=make_upstream(upstream_log))
         app = create_app(settings, retriever=small_retriever, transport=transport)
         with TestClient(app, raise_server_exceptions=False) as client:
@@ -53,7 +53,7 @@ def live_gateway(small_retriever, live_upstream) -> Callable[..., Any]:  # type:
     @contextmanager
     def make(**overrides: Any) -> Iterator[ServerThread]:
         settings = Settings(upstream_base_url=f"{live_upstream.url}/v1", min_score=0.2,
-                            **overrides)
+                            safety_margin=None, **overrides)
         with ServerThread(create_app(settings, retriever=small_retriever)) as server:
             yield server
 

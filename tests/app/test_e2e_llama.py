@@ -16,7 +16,7 @@ pytestmark = pytest.mark.e2e
 
 @pytest.fixture(scope="module")
 def e2e_gateway(llama_server, small_retriever):  # type: ignore[no-untyped-def]
-    settings = Settings(upstream_base_url=llama_server, min_score=0.2)
+    settings = Settings(upstream_base_url=llama_server, min_score=0.2, safety_margin=None)
     with ServerThread(create_app(settings, retriever=small_retriever)) as server:
         yield server.url
 

@@ -120,3 +120,18 @@ def test_batch_search_equals_single_search(small_retriever):
         assert [h.id for h in hits] == [h.id for h in single]
         np.testing.assert_allclose([h.score for h in hits], [h.score for h in single],
                                    atol=1e-5)
+
+
+def test_safety_margin_keeps_safety_only_when_it_clearly_wins():
+    benign = [hit("Process control: give the exact kill command.", 0.62),
+              hit("No violence: decline to help hurt people.", 0.55, kind="safety"),
+              hit("Show runnable code: complete minimal example.", 0.5)]
+    cfg = SelectConfig(k=6, min_score=0.3, dedup_threshold=0.9, safety_margin=0.0)
+    assert [h.kind for h in select_hits(benign, cfg)] == ["quality", "quality"]
+    assert len(select_hits(benign, dataclasses.replace(cfg, safety_margin=None))) == 3
+    risky = [hit("No malware: decline working ransomware.", 0.71, kind="safety"),
+             hit("Show runnable code: complete minimal example.", 0.64)]
+    assert [h.kind for h in select_hits(risky, dataclasses.replace(cfg, safety_margin=0.05))] \
+        == ["safety", "quality"]
+    assert [h.kind for h in select_hits(risky, dataclasses.replace(cfg, safety_margin=0.1))] \
+        == ["quality"]
