@@ -53,9 +53,14 @@ def generate(
     timeout: Annotated[float, Opt(help="Seconds per LLM call")] = LLMConfig.timeout,
     concurrency: Annotated[int, Opt(help="LLM calls in flight")] = LLMConfig.concurrency,
     retries: Annotated[int, Opt(help="Retries on 429/5xx/timeouts")] = LLMConfig.max_retries,
-    k: Annotated[int, Opt(help="Guidelines per input (as the gateway)")] = 6,
-    min_score: Annotated[float, Opt()] = 0.35,
+    # Selection defaults follow the gateway's settings (app/config.py); keep them in step.
+    k: Annotated[int, Opt(help="Guidelines per input")] = 6,
+    min_score: Annotated[float, Opt()] = 0.4,
     dedup_threshold: Annotated[float, Opt()] = 0.5,
+    candidates: Annotated[int, Opt()] = 24,
+    safety_margin: Annotated[str, Opt(help="Safety-vs-quality margin, or 'off'")] = "0.05",
+    encoder_backend: Annotated[str, Opt(help="torch (reference) | onnx | onnx-int8 | static")]
+    = "torch",
     window: Annotated[int, Opt(help="Earlier user turns in the retrieval query")] = 3,
     system: Annotated[str | None, Opt(help="The client's system message for every input")] = None,
     cache: Annotated[bool, Opt(help="Cache LLM answers by request")] = True,
@@ -80,16 +85,23 @@ def generate(
         console.print(f"  [yellow]{note}[/yellow]")
     if not items:
         raise _fail("no usable inputs", 1)
-    select = SelectConfig(k=k, min_score=min_score, dedup_threshold=dedup_threshold)
+    try:
+        margin = None if safety_margin.lower() in ("off", "none") else float(safety_margin)
+    except ValueError:
+        raise _fail("--safety-margin must be a number or 'off'") from None
+    select = SelectConfig(k=k, min_score=min_score, dedup_threshold=dedup_threshold,
+                          candidates=candidates, safety_margin=margin)
     paths = RetrieverPaths(library=library, index=index, encoder=encoder,
                            trained_encoder=VAR / "encoder")
-    retriever = open_retriever(paths, config=select, window=window)
+    retriever = open_retriever(paths, config=select, window=window, backend=encoder_backend)
+    enc_info = {"path": str(resolve_encoder(paths)), "backend": encoder_backend,
+                "hash": str(retriever.index.manifest.get("encoder_hash", ""))}
     llm = LLMConfig(base_url=base_url, model=model, api_key=api_key, temperature=temperature,
                     max_tokens=max_tokens, timeout=timeout, max_retries=retries,
                     concurrency=concurrency)
     config = GenerateConfig(select=select, window=window, system=system, retry_failed=retry_failed)
     lib = retriever.library
-    fp = fingerprint(config, llm, library_hash=lib.content_hash())
+    fp = fingerprint(config, llm, library_hash=lib.content_hash(), encoder_hash=enc_info["hash"])
     try:
         check_run(run, fp)
     except RunError as exc:
@@ -99,9 +111,9 @@ def generate(
     read_info = {"rows": read.read, "kept": read.kept, "skipped": read.skipped}
 
     def manifest(counts: dict[str, int] | None = None) -> dict[str, Any]:
-        return run_manifest(fingerprint=fp, library=lib_info, encoder=str(resolve_encoder(paths)),
-                            llm=llm, config=config, inputs=[str(p) for p in inputs],
-                            read=read_info, counts=counts)
+        return run_manifest(fingerprint=fp, library=lib_info, encoder=enc_info, llm=llm,
+                            config=config, inputs=[str(p) for p in inputs], read=read_info,
+                            counts=counts)
 
     write_run_manifest(run, manifest())
     journal = open_journal(run)

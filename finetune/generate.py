@@ -48,12 +48,13 @@ class GenerateRun:
     calls: ClientStats
 
 
-def fingerprint(config: GenerateConfig, llm: LLMConfig, *, library_hash: str) -> str:
+def fingerprint(config: GenerateConfig, llm: LLMConfig, *, library_hash: str,
+                encoder_hash: str = "") -> str:
     """Short hash of everything that shapes a guided answer; a run directory keeps one."""
     payload = {
         "model": llm.model, "temperature": llm.temperature, "max_tokens": llm.max_tokens,
         "select": asdict(config.select), "window": config.window, "system": config.system,
-        "library": library_hash, "preamble": PREAMBLE,
+        "library": library_hash, "encoder": encoder_hash, "preamble": PREAMBLE,
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -171,7 +172,7 @@ def public_url(url: str) -> str:
 
 
 def run_manifest(
-    *, fingerprint: str, library: dict[str, Any], encoder: str, llm: LLMConfig,
+    *, fingerprint: str, library: dict[str, Any], encoder: dict[str, Any], llm: LLMConfig,
     config: GenerateConfig, inputs: Sequence[str], read: dict[str, Any],
     counts: dict[str, int] | None = None,
 ) -> dict[str, Any]:
