@@ -99,7 +99,10 @@ def train_retriever(
         SentenceTransformer,
         SentenceTransformerTrainer,
         SentenceTransformerTrainingArguments,
-        losses,  # type: ignore[attr-defined]
+    )
+    from sentence_transformers.losses import (
+        CachedMultipleNegativesRankingLoss,
+        MultipleNegativesRankingLoss,
     )
     from sentence_transformers.training_args import BatchSamplers
     from sentence_transformers.util import mine_hard_negatives
@@ -139,9 +142,9 @@ def train_retriever(
 
     # 3. loss
     if config.cached_loss:
-        loss: Any = losses.CachedMultipleNegativesRankingLoss(model, mini_batch_size=32)
+        loss: Any = CachedMultipleNegativesRankingLoss(model, mini_batch_size=32)
     else:
-        loss = losses.MultipleNegativesRankingLoss(model)
+        loss = MultipleNegativesRankingLoss(model)
 
     # 4. evaluator on the held-out split
     evaluator = ir_evaluator(library, split="test", name="heldout")
