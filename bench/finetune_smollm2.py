@@ -65,6 +65,22 @@ def llama(model: Path, *, threads: int, log: Path) -> tuple[str, subprocess.Pope
     return url, proc
 
 
+def run_figures(run: Path) -> dict[str, Any]:
+    """Counts and per-answer figures of a generate run, from its journal."""
+    manifest = json.loads((run / "run.json").read_text())
+    records = [json.loads(x) for x in (run / "journal.jsonl").read_text().splitlines() if x]
+    ok = [r for r in records if r.get("status") == "ok"]
+    return {
+        "records": len(records), "ok": len(ok), "failed": len(records) - len(ok),
+        "finish_length": sum(r.get("finish_reason") == "length" for r in ok),
+        "mean_guidelines": round(sum(len(r["guideline_ids"]) for r in ok) / max(1, len(ok)), 2),
+        "mean_llm_s": round(sum(r["timings"]["llm_s"] for r in ok) / max(1, len(ok)), 2),
+        "mean_completion_tokens": round(sum(r["usage"].get("completion_tokens", 0)
+                                            for r in ok) / max(1, len(ok)), 1),
+        "select": manifest["select"], "encoder": manifest["encoder"], "llm": manifest["llm"],
+    }
+
+
 def table(title: str, rows: list[dict[str, Any]]) -> None:
     """Print an evaluation table with ratios against the base row."""
     t = Table(title=title)
@@ -89,6 +105,11 @@ def main() -> None:
     ap.add_argument("--eval-tokens", type=int, default=128, help="answer cap in evaluation")
     ap.add_argument("--threads", type=int, default=1, help="llama.cpp and torch threads")
     ap.add_argument("--work", type=Path, default=ROOT / "var" / "bench" / "finetune")
+    ap.add_argument("--no-generate", action="store_true",
+                    help="use the run already in the work directory as it is")
+    ap.add_argument("--reuse-trained", action="store_true",
+                    help="keep the export and tuned model already in the work directory "
+                         "(only evaluate again)")
     args = ap.parse_args()
     work: Path = args.work
     work.mkdir(parents=True, exist_ok=True)
@@ -105,25 +126,29 @@ def main() -> None:
                               for i in items))
     url, server = llama(gguf, threads=args.threads, log=work / "llama-base.log")
     try:
-        gen_s = cli("generate", str(inputs), "-o", str(work / "run"), "--base-url", url,
-                    "--index", str(work / "index"), "--max-tokens", str(args.max_tokens),
-                    "--temperature", str(args.temperature),
-                    "--concurrency", "2", "--no-progress", log=log)
-        run = json.loads((work / "run" / "run.json").read_text())
-        results["generate"] = {"seconds": round(gen_s, 1), "counts": run["counts"],
-                               "encoder": run["encoder"]}
-        console.print(f"generate: {run['counts']} in {gen_s:.0f}s (encoder {run['encoder']})")
+        gen_s = 0.0
+        if not args.no_generate:
+            gen_s = cli("generate", str(inputs), "-o", str(work / "run"), "--base-url", url,
+                        "--index", str(work / "index"), "--max-tokens", str(args.max_tokens),
+                        "--temperature", str(args.temperature), "--concurrency", "2",
+                        "--no-progress", log=log)
+        results["generate"] = {"command_seconds": round(gen_s, 1), **run_figures(work / "run")}
+        console.print(f"generate: {results['generate']}")
 
         # 2. SFT set without guidelines
-        cli("export", str(work / "run"), "-o", str(work / "sft"), "--validation", "0.1",
-            log=log)
+        reuse = args.reuse_trained and (work / "tuned" / "manifest.json").exists()
+        if not reuse:
+            cli("export", str(work / "run"), "-o", str(work / "sft"), "--validation", "0.1",
+                log=log)
         export = json.loads((work / "sft" / "export.json").read_text())
         results["export"] = export["counts"]
         console.print(f"export: {export['counts']}")
 
         # 3. LoRA SFT on CPU
-        train_s = cli("train", str(work / "sft"), "-o", str(work / "tuned"), "--base", str(gguf),
-                      "--threads", str(args.threads), "--no-progress", log=log)
+        train_s = 0.0
+        if not reuse:
+            train_s = cli("train", str(work / "sft"), "-o", str(work / "tuned"), "--base",
+                          str(gguf), "--threads", str(args.threads), "--no-progress", log=log)
         manifest = json.loads((work / "tuned" / "manifest.json").read_text())
         results["train"] = {"command_seconds": round(train_s, 1), **manifest["metrics"],
                             "hyperparameters": manifest["hyperparameters"]}

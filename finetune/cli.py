@@ -242,15 +242,16 @@ def train(
         console.print(f"[yellow]no GGUF written:[/yellow] {arts['gguf_note']}")
 
 
-def _answerer(spec: str, name: str, model: str, *, max_new_tokens: int, batch_size: int) -> Any:
+def _answerer(spec: str, name: str, model: str, *, max_new_tokens: int, batch_size: int,
+              progress: bool) -> Any:
     from finetune.evaluate import EndpointAnswerer, LocalAnswerer
     from finetune.models import load_model
 
     if spec.startswith(("http://", "https://")):
         return EndpointAnswerer(name, LLMConfig(base_url=spec, model=model, temperature=0.0,
-                                                max_tokens=max_new_tokens))
+                                                max_tokens=max_new_tokens), progress=progress)
     return LocalAnswerer(name, load_model(spec), max_new_tokens=max_new_tokens,
-                         batch_size=batch_size)
+                         batch_size=batch_size, progress=progress)
 
 
 def _pct(value: float | None) -> str:
@@ -276,6 +277,7 @@ def evaluate(
     judge_api_key: Annotated[str | None, Opt(envvar="GUIDE_ALIGN_JUDGE_API_KEY")] = None,
     json_out: Annotated[Path | None, Opt("--json", help="Write the report (with answers)")]
     = None,
+    progress: Annotated[bool, Opt(help="Show a progress bar")] = True,
 ) -> None:
     """Base vs tuned: refusal rate on harmful and non-refusal rate on benign held-out inputs."""
     from dataclasses import asdict
@@ -300,9 +302,9 @@ def evaluate(
         console.print(f"{len(items)} held-out inputs from {library}")
     if not items:
         raise _fail("no labelled inputs", 1)
-    opts = {"max_new_tokens": max_new_tokens, "batch_size": batch_size}
-    models = [_answerer(base or str(_default_base()), "base", model_name, **opts),
-              _answerer(tuned, "tuned", model_name, **opts)]
+    models = [_answerer(spec, name, model_name, max_new_tokens=max_new_tokens,
+                        batch_size=batch_size, progress=progress)
+              for spec, name in ((base or str(_default_base()), "base"), (tuned, "tuned"))]
     judge = (LLMJudge(LLMConfig(base_url=judge_url, model=judge_model, api_key=judge_api_key,
                                 temperature=0.0, max_tokens=8)) if judge_url else None)
     report = evaluate_models(items, models, system=system, judge=judge)

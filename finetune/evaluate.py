@@ -9,6 +9,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
+from tqdm.auto import tqdm
+
 from finetune.chat import encode_prompt
 from finetune.export import Messages
 from finetune.models import LoadedModel
@@ -102,11 +104,12 @@ class LocalAnswerer:
     """Greedy generation with a transformers model, in length-sorted left-padded batches."""
 
     def __init__(self, name: str, loaded: LoadedModel, *, max_new_tokens: int = 128,
-                 batch_size: int = 8):
+                 batch_size: int = 8, progress: bool = False):
         self.name = name
         self.loaded = loaded
         self.max_new_tokens = max_new_tokens
         self.batch_size = batch_size
+        self.progress = progress
 
     def answer(self, conversations: Sequence[Messages]) -> list[str]:
         """Answers in input order."""
@@ -117,6 +120,8 @@ class LocalAnswerer:
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
         out: list[str] = [""] * len(prompts)
         pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        bar = tqdm(total=len(order), desc=f"{self.name} answers", unit="input",
+                   disable=not self.progress)
         for start in range(0, len(order), self.batch_size):
             batch = order[start:start + self.batch_size]
             width = max(len(prompts[i]) for i in batch)
@@ -129,22 +134,29 @@ class LocalAnswerer:
                                      eos_token_id=tok.eos_token_id)
             for row, i in enumerate(batch):
                 out[i] = tok.decode(gen[row, width:], skip_special_tokens=True).strip()
+            bar.update(len(batch))
+        bar.close()
         return out
 
 
 class EndpointAnswerer:
     """A model behind any OpenAI-compatible endpoint (e.g. the tuned GGUF on llama.cpp)."""
 
-    def __init__(self, name: str, llm: LLMConfig):
+    def __init__(self, name: str, llm: LLMConfig, *, progress: bool = False):
         self.name = name
         self.llm = llm
+        self.progress = progress
 
     def answer(self, conversations: Sequence[Messages]) -> list[str]:
         """Answers in input order; a failed call counts as an empty answer."""
-        return asyncio.run(_ask_all(self.llm, [list(c) for c in conversations]))
+        return asyncio.run(_ask_all(self.llm, [list(c) for c in conversations],
+                                    desc=f"{self.name} answers" if self.progress else None))
 
 
-async def _ask_all(llm: LLMConfig, conversations: list[list[dict[str, Any]]]) -> list[str]:
+async def _ask_all(llm: LLMConfig, conversations: list[list[dict[str, Any]]], *,
+                   desc: str | None = None) -> list[str]:
+    """Every conversation's answer in order ("" for a failed call); a bar when ``desc``."""
+    bar = tqdm(total=len(conversations), desc=desc, unit="input", disable=desc is None)
     async with LLMClient(llm) as client:
 
         async def one(messages: list[dict[str, Any]]) -> str:
@@ -152,8 +164,13 @@ async def _ask_all(llm: LLMConfig, conversations: list[list[dict[str, Any]]]) ->
                 return (await client.chat(messages)).text.strip()
             except LLMError:
                 return ""
+            finally:
+                bar.update(1)
 
-        return list(await asyncio.gather(*(one(m) for m in conversations)))
+        try:
+            return list(await asyncio.gather(*(one(m) for m in conversations)))
+        finally:
+            bar.close()
 
 
 def parse_verdict(text: str) -> bool | None:
