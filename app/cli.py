@@ -72,7 +72,14 @@ def up(
     train: Annotated[bool, typer.Option(help="Train the retriever on first start")] = True,
 ) -> None:
     """Start the whole local system: llama.cpp + SmolLM2 upstream, then the gateway."""
-    from app.launcher import smollm2_path, start_llama_server, stop_process, wait_until_ready
+    from app.launcher import (
+        LaunchError,
+        smollm2_path,
+        start_llama_server,
+        stop_process,
+        wait_until_ready,
+        warm_up,
+    )
 
     os.environ.setdefault("GUIDE_ALIGN_UPSTREAM_BASE_URL", f"http://127.0.0.1:{llm_port}/v1")
     prepare(train=train)
@@ -82,6 +89,11 @@ def up(
     proc = start_llama_server(smollm2_path(), port=llm_port, log_file=log_file)
     try:
         wait_until_ready(f"http://127.0.0.1:{llm_port}/v1/models", timeout=180, proc=proc)
+        try:
+            seconds = warm_up(f"http://127.0.0.1:{llm_port}/v1")
+            typer.echo(f"llama.cpp answered a warm-up request in {seconds:.1f}s")
+        except LaunchError as exc:  # the gateway still starts; /readyz tells the truth
+            typer.echo(f"warning: {exc}", err=True)
         typer.echo(_banner(port))
         _run_gateway("127.0.0.1", port)
     finally:

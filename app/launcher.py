@@ -73,6 +73,25 @@ def wait_until_ready(url: str, *, timeout: float = 120.0,
     raise LaunchError(f"{url} not ready after {timeout:.0f}s ({last})")
 
 
+def warm_up(base_url: str, *, model: str = "smollm2-135m-instruct",
+            timeout: float = 300.0) -> float:
+    """One one-token chat completion, so the first user request does not pay for loading.
+
+    ``base_url`` ends in /v1. Returns the seconds it took; raises LaunchError when the server
+    does not answer 200 in time.
+    """
+    started = time.monotonic()
+    try:
+        r = httpx.post(f"{base_url.rstrip('/')}/chat/completions", timeout=timeout, json={
+            "model": model, "max_tokens": 1, "temperature": 0,
+            "messages": [{"role": "user", "content": "Hello"}]})
+    except httpx.HTTPError as exc:
+        raise LaunchError(f"warm-up request failed: {type(exc).__name__}") from None
+    if r.status_code != 200:
+        raise LaunchError(f"warm-up request got status {r.status_code}: {r.text[:200]}")
+    return time.monotonic() - started
+
+
 def stop_process(proc: subprocess.Popen[bytes], *, grace: float = 10.0) -> None:
     """SIGTERM the process group, then SIGKILL if it lingers."""
     if proc.poll() is not None:

@@ -48,6 +48,10 @@ def train(
     console.print(f"saved {output} in {result.seconds:.0f}s ({result.counts})")
 
 
+BACKEND_HELP = ("Encoder backend: torch | onnx | onnx-int8 | static (the gateway's default is "
+                "onnx-int8; an index only serves the backend it was built with)")
+
+
 @app.command()
 def index(
     library: Annotated[Path, typer.Option(help="Library directory")] = default_library_path(),
@@ -56,21 +60,28 @@ def index(
     output: Annotated[Path, typer.Option("-o", "--output", help="Index directory")] = VAR
     / "index",
     kind: Annotated[str, typer.Option(help="flat | hnsw | ivfpq")] = "flat",
+    backend: Annotated[str, typer.Option(help=BACKEND_HELP)] = "onnx-int8",
 ) -> None:
     """Embed the library and write a FAISS index with its manifest."""
     from guideline_lib.io import load_library
-    from retriever.encoder import load_encoder
+    from retriever.backends import BACKENDS, load_backend_encoder
     from retriever.index import IndexConfig, build_index, save_index
-    from retriever.service import RetrieverPaths, encoder_hash, resolve_encoder
+    from retriever.service import RetrieverPaths, backend_encoder, encoder_hash
 
-    enc_path = resolve_encoder(RetrieverPaths(library=library, index=output, encoder=encoder,
-                                              trained_encoder=VAR / "encoder"))
+    if backend not in BACKENDS:
+        raise typer.BadParameter(f"--backend: one of {sorted(BACKENDS)}")
+    if kind not in ("flat", "hnsw", "ivfpq"):
+        raise typer.BadParameter("--kind: flat, hnsw or ivfpq")
+    paths = RetrieverPaths(library=library, index=output, encoder=encoder,
+                           trained_encoder=VAR / "encoder", exports=VAR / "encoders")
+    enc_path = backend_encoder(paths, backend)
     lib = load_library(library)
-    loaded = build_index(lib, load_encoder(str(enc_path)), encoder_path=str(enc_path),
-                         encoder_hash=encoder_hash(enc_path),
+    loaded = build_index(lib, load_backend_encoder(str(enc_path), backend),
+                         encoder_path=str(enc_path), encoder_hash=encoder_hash(enc_path),
                          config=IndexConfig(kind=kind))  # type: ignore[arg-type]
+    loaded.manifest["encoder_backend"] = backend
     save_index(loaded, output)
-    console.print(f"indexed {len(loaded.ids)} guidelines with {enc_path} -> {output}")
+    console.print(f"indexed {len(loaded.ids)} guidelines with {enc_path} ({backend}) -> {output}")
 
 
 @app.command()
@@ -81,14 +92,18 @@ def search(
     library: Annotated[Path, typer.Option()] = default_library_path(),
     index: Annotated[Path, typer.Option()] = VAR / "index",
     encoder: Annotated[Path | None, typer.Option()] = None,
+    backend: Annotated[str, typer.Option(help=BACKEND_HELP)] = "onnx-int8",
 ) -> None:
-    """Print the selected guidelines for a query as a table."""
+    """Print the selected guidelines for a query as a table (the index is rebuilt if stale)."""
+    from retriever.backends import BACKENDS
     from retriever.service import RetrieverPaths, open_retriever
     from retriever.types import SelectConfig
 
+    if backend not in BACKENDS:
+        raise typer.BadParameter(f"--backend: one of {sorted(BACKENDS)}")
     r = open_retriever(RetrieverPaths(library=library, index=index, encoder=encoder,
-                                      trained_encoder=VAR / "encoder"),
-                       config=SelectConfig(k=k, min_score=min_score))
+                                      trained_encoder=VAR / "encoder", exports=VAR / "encoders"),
+                       config=SelectConfig(k=k, min_score=min_score), backend=backend)
     table = Table(title=text[:80])
     for col in ("#", "score", "kind", "category", "id", "text"):
         table.add_column(col)

@@ -55,3 +55,9 @@ def test_models_and_ready_through_gateway(e2e_gateway):
     assert httpx.get(f"{e2e_gateway}/readyz", timeout=30).status_code == 200
     models = httpx.get(f"{e2e_gateway}/v1/models", timeout=30).json()
     assert models["data"][0]["id"] == "smollm2-135m-instruct"
+
+
+def test_warm_up_against_llama(llama_server):  # type: ignore[no-untyped-def]
+    from app.launcher import warm_up
+
+    assert warm_up(llama_server, timeout=120) > 0

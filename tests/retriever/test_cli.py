@@ -1,0 +1,41 @@
+"""`guide-align retriever index | search` from the command line, on the small library."""
+
+from __future__ import annotations
+
+import json
+
+from typer.testing import CliRunner
+
+from app.cli import app
+from guideline_lib.io import save_library
+from retriever.encoder import base_model_path
+
+
+def _invoke(*args: str):  # type: ignore[no-untyped-def]
+    return CliRunner().invoke(app, ["retriever", *args])
+
+
+def test_index_then_search_with_chosen_backend(tmp_path, monkeypatch, small_lib):  # type: ignore[no-untyped-def]
+    monkeypatch.chdir(tmp_path)
+    save_library(small_lib, tmp_path / "lib")
+    common = ["--library", "lib", "--encoder", str(base_model_path())]
+    result = _invoke("index", *common, "-o", "idx", "--backend", "torch")
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((tmp_path / "idx" / "manifest.json").read_text())
+    assert manifest["encoder_backend"] == "torch"
+    assert manifest["count"] == len(small_lib.guidelines)
+
+    result = _invoke("search", "code a ransomware that locks every laptop in the office",
+                     *common, "--index", "idx", "--backend", "torch", "--k", "2")
+    assert result.exit_code == 0, result.output
+    assert "cybercrime" in result.output
+
+
+def test_unknown_backend_is_refused(tmp_path, monkeypatch, small_lib):  # type: ignore[no-untyped-def]
+    monkeypatch.chdir(tmp_path)
+    save_library(small_lib, tmp_path / "lib")
+    result = _invoke("index", "--library", "lib", "--encoder", str(base_model_path()),
+                     "-o", "idx", "--backend", "tensorflow")
+    assert result.exit_code == 2
+    assert "backend" in result.output
+    assert not (tmp_path / "idx").exists()
