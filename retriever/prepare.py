@@ -23,12 +23,25 @@ def trained_encoder_is_current(encoder: Path, library_hash: str) -> bool:
 
 def ensure_trained_encoder(library_path: Path, encoder: Path,
                            config: TrainConfig | None = None) -> Path:
-    """Train (cached) the retriever for the library unless a current one is already there."""
+    """Train (cached) the retriever for the library unless a current one is already there.
+
+    A lock file beside ``encoder`` makes a second process (another `up`, a test run) wait for
+    the first one's training and reuse it instead of training the same model again.
+    """
+    from filelock import FileLock
+
     library = load_library(library_path)
     if trained_encoder_is_current(encoder, library.content_hash()):
         return encoder
-    print(f"training the retriever on {library_path} -> {encoder} (first start only)")
-    result = train_retriever(library, encoder, config=config)
+    encoder.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(encoder.parent / f".{encoder.name}.lock"))
+    if lock.is_locked:
+        print(f"waiting for another process training {encoder}")
+    with lock:
+        if trained_encoder_is_current(encoder, library.content_hash()):
+            return encoder
+        print(f"training the retriever on {library_path} -> {encoder} (first start only)")
+        result = train_retriever(library, encoder, config=config)
     print(f"retriever trained in {result.seconds:.0f}s; held-out before {result.before} "
           f"after {result.after}")
     return encoder
