@@ -61,6 +61,9 @@ def index(
     / "index",
     kind: Annotated[str, typer.Option(help="flat | hnsw | ivfpq")] = "flat",
     backend: Annotated[str, typer.Option(help=BACKEND_HELP)] = "onnx-int8",
+    ef_search: Annotated[int | None, typer.Option(help="HNSW: search breadth")] = None,
+    ef_construction: Annotated[int | None, typer.Option(help="HNSW: build breadth")] = None,
+    nprobe: Annotated[int | None, typer.Option(help="IVF: lists visited per query")] = None,
 ) -> None:
     """Embed the library and write a FAISS index with its manifest."""
     from guideline_lib.io import load_library
@@ -74,11 +77,16 @@ def index(
         raise typer.BadParameter("--kind: flat, hnsw or ivfpq")
     paths = RetrieverPaths(library=library, index=output, encoder=encoder,
                            trained_encoder=VAR / "encoder", exports=VAR / "encoders")
+    default = IndexConfig()
+    config = IndexConfig(kind=kind,  # type: ignore[arg-type]
+                         hnsw_ef_search=ef_search or default.hnsw_ef_search,
+                         hnsw_ef_construction=ef_construction or default.hnsw_ef_construction,
+                         ivf_nprobe=nprobe or default.ivf_nprobe)
     enc_path = backend_encoder(paths, backend)
     lib = load_library(library)
     loaded = build_index(lib, load_backend_encoder(str(enc_path), backend),
                          encoder_path=str(enc_path), encoder_hash=encoder_hash(enc_path),
-                         config=IndexConfig(kind=kind))  # type: ignore[arg-type]
+                         config=config)
     loaded.manifest["encoder_backend"] = backend
     save_index(loaded, output)
     console.print(f"indexed {len(loaded.ids)} guidelines with {enc_path} ({backend}) -> {output}")

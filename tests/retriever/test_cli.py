@@ -39,3 +39,19 @@ def test_unknown_backend_is_refused(tmp_path, monkeypatch, small_lib):  # type: 
     assert result.exit_code == 2
     assert "backend" in result.output
     assert not (tmp_path / "idx").exists()
+
+
+def test_hnsw_parameters_reach_the_index(tmp_path, monkeypatch, small_lib):  # type: ignore[no-untyped-def]
+    import faiss
+
+    monkeypatch.chdir(tmp_path)
+    save_library(small_lib, tmp_path / "lib")
+    result = _invoke("index", "--library", "lib", "--encoder", str(base_model_path()),
+                     "-o", "idx", "--backend", "torch", "--kind", "hnsw", "--ef-search", "200",
+                     "--ef-construction", "120")
+    assert result.exit_code == 0, result.output
+    index = faiss.read_index(str(tmp_path / "idx" / "index.faiss"))
+    hnsw = faiss.downcast_index(index).hnsw
+    assert (hnsw.efSearch, hnsw.efConstruction) == (200, 120)
+    manifest = json.loads((tmp_path / "idx" / "manifest.json").read_text())
+    assert manifest["index_params"]["hnsw_ef_search"] == 200
