@@ -13,7 +13,8 @@
 Every step is the `guide-align finetune` command a user runs; figures come from the files they
 write. The work directory is kept, so a killed run resumes where it stopped.
 
-    .venv/bin/python bench/finetune_smollm2.py [--n 460] [--eval 80] [--threads 1] [--no-generate] [--reuse]
+    .venv/bin/python bench/finetune_smollm2.py [--n 460] [--eval 80] [--threads 1]
+        [--no-generate] [--reuse]
 
 On a shared machine, use one thread for llama.cpp and torch (--threads 1): with more threads
 than free cores both spin-wait and slow down many times over.

@@ -59,8 +59,8 @@ def generate(
     dedup_threshold: Annotated[float, Opt()] = 0.5,
     candidates: Annotated[int, Opt()] = 24,
     safety_margin: Annotated[str, Opt(help="Safety-vs-quality margin, or 'off'")] = "0.05",
-    encoder_backend: Annotated[str, Opt(help="torch (reference) | onnx | onnx-int8 | static")]
-    = "torch",
+    encoder_backend: Annotated[str, Opt(help="onnx-int8 (the gateway's default) | onnx | "
+                                        "static | torch (reference)")] = "onnx-int8",
     window: Annotated[int, Opt(help="Earlier user turns in the retrieval query")] = 3,
     system: Annotated[str | None, Opt(help="The client's system message for every input")] = None,
     cache: Annotated[bool, Opt(help="Cache LLM answers by request")] = True,
@@ -69,10 +69,20 @@ def generate(
 ) -> None:
     """Guided answers for inputs (same retrieval and injection as the gateway); resumable."""
     from finetune.generate import GenerateConfig, execute_generate, fingerprint, run_manifest
-    from finetune.io import CACHE, RunError, check_run, open_journal, write_run_manifest
+    from finetune.io import (
+        CACHE,
+        RunError,
+        check_run,
+        open_journal,
+        read_run_manifest,
+        write_run_manifest,
+    )
     from guideline_lib.inputs import InputError, read_inputs
+    from guideline_lib.io import LibraryError
     from guideline_lib.journal import JournalError
     from guideline_lib.llm import LLMUnreachable, ResponseCache
+    from retriever.encoder import EncoderError
+    from retriever.index import IndexError_
     from retriever.service import RetrieverPaths, open_retriever, resolve_encoder
     from retriever.types import SelectConfig
 
@@ -93,7 +103,10 @@ def generate(
                           candidates=candidates, safety_margin=margin)
     paths = RetrieverPaths(library=library, index=index, encoder=encoder,
                            trained_encoder=VAR / "encoder")
-    retriever = open_retriever(paths, config=select, window=window, backend=encoder_backend)
+    try:
+        retriever = open_retriever(paths, config=select, window=window, backend=encoder_backend)
+    except (LibraryError, IndexError_, EncoderError, OSError) as exc:
+        raise _fail(f"cannot open the retriever: {exc}") from None
     enc_info = {"path": str(resolve_encoder(paths)), "backend": encoder_backend,
                 "hash": str(retriever.index.manifest.get("encoder_hash", ""))}
     llm = LLMConfig(base_url=base_url, model=model, api_key=api_key, temperature=temperature,
@@ -104,8 +117,14 @@ def generate(
     fp = fingerprint(config, llm, library_hash=lib.content_hash(), encoder_hash=enc_info["hash"])
     try:
         check_run(run, fp)
+        earlier = read_run_manifest(run)
     except RunError as exc:
         raise _fail(str(exc)) from None
+    endpoint = (earlier or {}).get("llm", {}).get("endpoint")
+    if endpoint and endpoint != base_url:
+        # Not refused (a local server's port may change between sessions), but said out loud.
+        console.print(f"[yellow]this run was started against {endpoint}; continuing against "
+                      f"{base_url}. If that is another model, use a new run directory.[/yellow]")
     lib_info = {"name": lib.manifest.name, "version": lib.manifest.version,
                 "content_hash": lib.content_hash(), "path": str(library)}
     read_info = {"rows": read.read, "kept": read.kept, "skipped": read.skipped}
@@ -157,28 +176,38 @@ def export(
 ) -> None:
     """SFT set from guided answers, guidelines stripped from the prompt, with a dataset card."""
     from finetune.export import FORMATS, ExportConfig, build_sft, export_manifest
-    from finetune.io import RunError, read_run, write_export
+    from finetune.io import (
+        EXPORT_MANIFEST,
+        OutputError,
+        RunError,
+        check_output_dir,
+        read_run,
+        write_export,
+    )
 
     if fmt not in FORMATS:
         raise _fail(f"--format must be one of {', '.join(FORMATS)}")
     if not 0 <= validation < 1:
         raise _fail("--validation must be in [0, 1)")
     try:
+        check_output_dir(output, marker=EXPORT_MANIFEST, inputs=(run,))
         run_info, records = read_run(run)
-    except RunError as exc:
+    except (RunError, OutputError) as exc:
         raise _fail(str(exc)) from None
     config = ExportConfig(format=fmt, dedup=dedup,  # type: ignore[arg-type]
                           min_answer_chars=min_answer_chars, max_answer_chars=max_answer_chars,
                           max_input_chars=max_input_chars, validation=validation, seed=seed)
     sft = build_sft(records, config=config)
-    served = sorted({str(r["model"]) for r in records if r.get("model")})
-    manifest = export_manifest(sft, config=config, run=run_info, served_models=served)
-    write_export(sft, output, manifest=manifest)
     st = sft.stats
     console.print(f"{st.records} records: dropped {st.failed} failed, {st.empty} empty, "
                   f"{st.truncated} truncated, {st.too_short} too short, {st.too_long} too long, "
                   f"{st.duplicate} duplicate; kept {st.kept} ({st.train} train, "
                   f"{st.validation} validation)")
+    if not st.kept:
+        raise _fail("nothing to export: every record was dropped; nothing written", 1)
+    served = sorted({str(r["model"]) for r in records if r.get("model")})
+    manifest = export_manifest(sft, config=config, run=run_info, served_models=served)
+    write_export(sft, output, manifest=manifest)
     console.print(f"wrote {output} ({fmt}, data hash {manifest['data_hash'][:12]})")
 
 
@@ -207,8 +236,9 @@ def train(
 ) -> None:
     """LoRA SFT (assistant tokens only) on CPU; saves adapter, merged model, GGUF and manifest."""
     from finetune.export import ExportError
-    from finetune.io import read_export
-    from finetune.models import ModelError, load_model, set_threads
+    from finetune.io import OutputError, check_output_dir, read_export
+    from finetune.models import MANIFEST, ModelError, load_model, set_threads
+    from finetune.serve import GGUFExportError
     from finetune.train import TrainConfig, train_sft, with_overrides
 
     config = with_overrides(TrainConfig(gguf=gguf, show_progress=progress), epochs=epochs,
@@ -218,9 +248,10 @@ def train(
                             threads=threads)
     set_threads(config.threads)
     try:
+        check_output_dir(output, marker=MANIFEST, inputs=(data,))
         manifest, splits = read_export(data)
         loaded = load_model(base or _default_base())
-    except (ExportError, ModelError) as exc:
+    except (ExportError, ModelError, OutputError) as exc:
         raise _fail(str(exc)) from None
     if not splits["train"]:
         raise _fail(f"{data} has no training examples", 1)
@@ -229,6 +260,8 @@ def train(
     try:
         result = train_sft(splits, output, base=loaded, config=config, data=manifest,
                            gguf_template=gguf_template)
+    except GGUFExportError as exc:
+        raise _fail(str(exc)) from None
     except ValueError as exc:
         raise _fail(str(exc), 1) from None
     m = result.manifest["metrics"]
@@ -284,43 +317,68 @@ def evaluate(
 
     from finetune.evaluate import (
         LLMJudge,
+        balanced,
         eval_items_from_rows,
         evaluate_models,
         library_eval_items,
     )
-    from finetune.models import set_threads
-    from guideline_lib.io import load_library
+    from finetune.models import ModelError, set_threads
+    from guideline_lib.io import LibraryError, load_library
+    from guideline_lib.llm import LLMUnreachable
 
     set_threads(threads)
     if inputs is not None:
-        rows = [json.loads(x) for x in inputs.read_text("utf-8").splitlines() if x.strip()]
+        try:
+            lines = inputs.read_text("utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise _fail(f"cannot read {inputs}: {exc}") from None
+        rows: list[Any] = []
+        bad = 0
+        for line in filter(str.strip, lines):
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                bad += 1
         items, skipped = eval_items_from_rows(rows)
-        items = items[:limit] if limit else items
-        console.print(f"{len(items)} labelled inputs from {inputs} ({skipped} skipped)")
+        items = balanced(items, limit)
+        console.print(f"{len(items)} labelled inputs from {inputs} ({skipped + bad} skipped: "
+                      f"{bad} not JSON, {skipped} without text or label harmful|benign)")
     else:
-        items = library_eval_items(load_library(library), limit=limit)
+        try:
+            items = library_eval_items(load_library(library), limit=limit)
+        except LibraryError as exc:
+            raise _fail(str(exc)) from None
         console.print(f"{len(items)} held-out inputs from {library}")
     if not items:
         raise _fail("no labelled inputs", 1)
-    models = [_answerer(spec, name, model_name, max_new_tokens=max_new_tokens,
-                        batch_size=batch_size, progress=progress)
-              for spec, name in ((base or str(_default_base()), "base"), (tuned, "tuned"))]
+    try:
+        models = [_answerer(spec, name, model_name, max_new_tokens=max_new_tokens,
+                            batch_size=batch_size, progress=progress)
+                  for spec, name in ((base or str(_default_base()), "base"), (tuned, "tuned"))]
+    except ModelError as exc:
+        raise _fail(str(exc)) from None
     judge = (LLMJudge(LLMConfig(base_url=judge_url, model=judge_model, api_key=judge_api_key,
                                 temperature=0.0, max_tokens=8)) if judge_url else None)
-    report = evaluate_models(items, models, system=system, judge=judge)
+    try:
+        report = evaluate_models(items, models, system=system, judge=judge)
+    except LLMUnreachable as exc:
+        raise _fail(f"{exc}; nothing was scored") from None
     table = Table(title="held-out behaviour (heuristic judge: refusal phrases"
                         + (", and LLM judge)" if judge else ")"))
     cols = ["model", "harmful", "refusal (harmful) ↑", "benign", "non-refusal (benign) ↑",
-            "mean chars"] + (["judge refusal ↑", "judge non-refusal ↑"] if judge else [])
+            "mean chars", "failed calls"]
+    cols += ["judge refusal ↑", "judge non-refusal ↑"] if judge else []
     for col in cols:
         table.add_column(col, justify="left" if col == "model" else "right")
     for r in report.rows:
         cells = [r.name, str(r.harmful), _pct(r.refusal_rate_harmful), str(r.benign),
-                 _pct(r.non_refusal_rate_benign), f"{r.mean_answer_chars:.0f}"]
+                 _pct(r.non_refusal_rate_benign), f"{r.mean_answer_chars:.0f}", str(r.failed)]
         if judge:
             cells += [_pct(r.judge_refusal_rate_harmful), _pct(r.judge_non_refusal_rate_benign)]
         table.add_row(*cells)
     console.print(table)
+    if any(r.failed for r in report.rows):
+        console.print("[yellow]failed calls got no answer and are left out of the rates[/yellow]")
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps({

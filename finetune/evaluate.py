@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 from finetune.chat import encode_prompt
 from finetune.export import Messages
 from finetune.models import LoadedModel
-from guideline_lib.llm import LLMClient, LLMConfig, LLMError
+from guideline_lib.llm import LLMClient, LLMConfig, LLMError, LLMUnreachable
 from guideline_lib.schema import Library
 
 Label = Literal["harmful", "benign"]
@@ -69,6 +69,7 @@ class ModelScores:
     mean_answer_chars: float
     judge_refusal_rate_harmful: float | None = None
     judge_non_refusal_rate_benign: float | None = None
+    failed: int = 0  # calls that got no answer; left out of every rate
 
 
 @dataclass(frozen=True)
@@ -77,21 +78,22 @@ class EvalReport:
 
     items: list[EvalItem]
     rows: list[ModelScores]
-    answers: dict[str, list[str]]
+    answers: dict[str, list[str | None]]
 
 
 class Answerer(Protocol):
-    """A model under evaluation: conversations in, answers out (same order)."""
+    """A model under evaluation: conversations in, answers out (same order; None: failed)."""
 
     name: str
 
-    def answer(self, conversations: Sequence[Messages]) -> list[str]: ...
+    def answer(self, conversations: Sequence[Messages]) -> Sequence[str | None]: ...
 
 
 class Judge(Protocol):
     """Decides, per answer, whether it refuses (None: the judge could not tell)."""
 
-    def refusals(self, items: Sequence[EvalItem], answers: Sequence[str]) -> list[bool | None]: ...
+    def refusals(self, items: Sequence[EvalItem],
+                 answers: Sequence[str | None]) -> list[bool | None]: ...
 
 
 def is_refusal(answer: str) -> bool:
@@ -147,23 +149,31 @@ class EndpointAnswerer:
         self.llm = llm
         self.progress = progress
 
-    def answer(self, conversations: Sequence[Messages]) -> list[str]:
-        """Answers in input order; a failed call counts as an empty answer."""
+    def answer(self, conversations: Sequence[Messages]) -> list[str | None]:
+        """Answers in input order; None for a call that failed after its retries.
+
+        Raises LLMUnreachable when the endpoint cannot be reached at all.
+        """
         return asyncio.run(_ask_all(self.llm, [list(c) for c in conversations],
                                     desc=f"{self.name} answers" if self.progress else None))
 
 
 async def _ask_all(llm: LLMConfig, conversations: list[list[dict[str, Any]]], *,
-                   desc: str | None = None) -> list[str]:
-    """Every conversation's answer in order ("" for a failed call); a bar when ``desc``."""
+                   desc: str | None = None) -> list[str | None]:
+    """Every conversation's answer in order (None for a failed call); a bar when ``desc``.
+
+    An unreachable endpoint is not a failed answer: LLMUnreachable propagates.
+    """
     bar = tqdm(total=len(conversations), desc=desc, unit="input", disable=desc is None)
     async with LLMClient(llm) as client:
 
-        async def one(messages: list[dict[str, Any]]) -> str:
+        async def one(messages: list[dict[str, Any]]) -> str | None:
             try:
                 return (await client.chat(messages)).text.strip()
+            except LLMUnreachable:
+                raise
             except LLMError:
-                return ""
+                return None
             finally:
                 bar.update(1)
 
@@ -185,12 +195,18 @@ class LLMJudge:
     def __init__(self, llm: LLMConfig):
         self.llm = llm
 
-    def refusals(self, items: Sequence[EvalItem], answers: Sequence[str]) -> list[bool | None]:
-        """One verdict per answer."""
+    def refusals(self, items: Sequence[EvalItem],
+                 answers: Sequence[str | None]) -> list[bool | None]:
+        """One verdict per answer (None for a missing answer or an unclear verdict)."""
+        asked = [k for k, a in enumerate(answers) if a is not None]
         conversations = [[{"role": "system", "content": JUDGE_SYSTEM},
-                          {"role": "user", "content": f"Request:\n{item.text}\n\nReply:\n{answer}"}]
-                         for item, answer in zip(items, answers, strict=True)]
-        return [parse_verdict(t) for t in asyncio.run(_ask_all(self.llm, conversations))]
+                          {"role": "user",
+                           "content": f"Request:\n{items[k].text}\n\nReply:\n{answers[k]}"}]
+                         for k in asked]
+        verdicts: list[bool | None] = [None] * len(answers)
+        for k, text in zip(asked, asyncio.run(_ask_all(self.llm, conversations)), strict=True):
+            verdicts[k] = None if text is None else parse_verdict(text)
+        return verdicts
 
 
 def _rate(flags: Iterable[bool | None], *, want: bool) -> float | None:
@@ -198,10 +214,14 @@ def _rate(flags: Iterable[bool | None], *, want: bool) -> float | None:
     return None if not known else sum(f == want for f in known) / len(known)
 
 
-def score(name: str, items: Sequence[EvalItem], answers: Sequence[str],
+def score(name: str, items: Sequence[EvalItem], answers: Sequence[str | None],
           judged: Sequence[bool | None] | None = None) -> ModelScores:
-    """Heuristic (and, when given, LLM-judge) rates for one model's answers."""
-    heur = [is_refusal(a) for a in answers]
+    """Heuristic (and, when given, LLM-judge) rates for one model's answers.
+
+    A missing answer (a failed call) is left out of every rate and counted in ``failed``.
+    """
+    heur = [None if a is None else is_refusal(a) for a in answers]
+    got = [a for a in answers if a is not None]
     harmful = [i for i, it in enumerate(items) if it.label == "harmful"]
     benign = [i for i, it in enumerate(items) if it.label == "benign"]
     j = judged or []
@@ -209,9 +229,10 @@ def score(name: str, items: Sequence[EvalItem], answers: Sequence[str],
         name=name, harmful=len(harmful), benign=len(benign),
         refusal_rate_harmful=_rate((heur[i] for i in harmful), want=True),
         non_refusal_rate_benign=_rate((heur[i] for i in benign), want=False),
-        mean_answer_chars=sum(map(len, answers)) / len(answers) if answers else 0.0,
+        mean_answer_chars=sum(map(len, got)) / len(got) if got else 0.0,
         judge_refusal_rate_harmful=_rate((j[i] for i in harmful), want=True) if j else None,
         judge_non_refusal_rate_benign=_rate((j[i] for i in benign), want=False) if j else None,
+        failed=len(answers) - len(got),
     )
 
 
@@ -221,9 +242,10 @@ def evaluate_models(items: Sequence[EvalItem], answerers: Sequence[Answerer], *,
     conversations: list[Messages] = [
         ([{"role": "system", "content": system}] if system else [])
         + [{"role": "user", "content": it.text}] for it in items]
-    rows, answers = [], {}
+    rows: list[ModelScores] = []
+    answers: dict[str, list[str | None]] = {}
     for model in answerers:
-        got = model.answer(conversations)
+        got = list(model.answer(conversations))
         answers[model.name] = got
         judged = judge.refusals(items, got) if judge is not None else None
         rows.append(score(model.name, items, got, judged))
@@ -252,14 +274,28 @@ def library_eval_items(library: Library, *, split: str = "test", limit: int = 0,
     return out
 
 
-def eval_items_from_rows(rows: Iterable[dict[str, Any]], *, text_field: str = "text"
+def eval_items_from_rows(rows: Iterable[Any], *, text_field: str = "text"
                          ) -> tuple[list[EvalItem], int]:
-    """Labelled inputs from JSON rows ``{"text": ..., "label": "harmful" | "benign"}``; skipped."""
+    """Labelled inputs from JSON rows ``{"text": ..., "label": "harmful" | "benign"}``; skipped.
+
+    Anything else (not an object, no text, another label) is skipped and counted.
+    """
     items, skipped = [], 0
     for row in rows:
-        text, label = row.get(text_field), row.get("label")
+        text = row.get(text_field) if isinstance(row, dict) else None
+        label = row.get("label") if isinstance(row, dict) else None
         if isinstance(text, str) and text.strip() and label in LABELS:
             items.append(EvalItem(text.strip(), label))
         else:
             skipped += 1
     return items, skipped
+
+
+def balanced(items: Sequence[EvalItem], limit: int) -> list[EvalItem]:
+    """The first ``limit // 2`` items of each label, in their order (all items for limit 0)."""
+    if not limit:
+        return list(items)
+    out: list[EvalItem] = []
+    for label in LABELS:
+        out += [it for it in items if it.label == label][: limit // 2]
+    return out

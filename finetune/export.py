@@ -141,8 +141,13 @@ def split_examples(
 
 
 def build_sft(records: Iterable[dict[str, Any]], *, config: ExportConfig) -> SFTSet:
-    """Filter the generate records and split them into train and validation."""
-    examples, stats = filter_records(records, config=config)
+    """Filter the generate records and split them into train and validation.
+
+    Records are taken in key order, not journal (completion) order, so which of two duplicates
+    ``--dedup`` keeps does not depend on the timing of the run.
+    """
+    ordered = sorted(records, key=lambda r: str(r.get("key", "")))
+    examples, stats = filter_records(ordered, config=config)
     train, val = split_examples(examples, validation=config.validation, seed=config.seed)
     stats.train, stats.validation = len(train), len(val)
     return SFTSet(train=train, validation=val, stats=stats)

@@ -31,13 +31,43 @@ class RunError(Exception):
     """A run directory is missing, or was made with other settings."""
 
 
+class OutputError(Exception):
+    """An output directory would replace something that is not an earlier output of its kind."""
+
+
+def check_output_dir(out: Path, *, marker: str, inputs: tuple[Path, ...] = ()) -> None:
+    """Refuse an output directory that would destroy data when it is replaced.
+
+    Outputs are written by swapping in a new directory, so ``out`` may only be a new or empty
+    directory, or an earlier output of the same kind (it holds ``marker``); it may not be or
+    contain one of ``inputs``.
+    """
+    target = out.resolve()
+    for source in inputs:
+        src = source.resolve()
+        if src == target or target in src.parents:
+            raise OutputError(f"{out} is (or contains) the input {source}; choose another output "
+                              "directory")
+    if target.exists() and not target.is_dir():
+        raise OutputError(f"{out} exists and is not a directory")
+    if target.is_dir() and any(target.iterdir()) and not (target / marker).is_file():
+        raise OutputError(f"{out} exists and is not an earlier output (no {marker}); it would be "
+                          "replaced, so choose a new or empty directory")
+
+
 def read_run_manifest(run: Path) -> dict[str, Any] | None:
     """The run's manifest, or None for a new run directory."""
     path = run / RUN_MANIFEST
     if not path.is_file():
         return None
-    data = json.loads(path.read_text("utf-8"))
-    return data if isinstance(data, dict) else None
+    try:
+        data = json.loads(path.read_text("utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise RunError(f"{path} is not valid JSON ({exc}); it is written by `finetune "
+                       "generate`, so restore it or use a new run directory") from None
+    if not isinstance(data, dict):
+        raise RunError(f"{path} is not a run manifest (not a JSON object)")
+    return data
 
 
 def check_run(run: Path, fingerprint: str) -> None:
@@ -81,9 +111,12 @@ def write_export(sft: SFTSet, out: Path, *, manifest: dict[str, Any]) -> None:
         if fmt == "hf":
             from datasets import Dataset, DatasetDict
 
+            # An empty split has no columns and `load_from_disk` cannot read it back: leave it
+            # out (read_export treats a missing split as empty).
+            kept = {name: examples for name, examples in sft.splits().items() if examples}
             DatasetDict({name: Dataset.from_list([to_row(e, fmt) for e in examples])
-                         for name, examples in sft.splits().items()}).save_to_disk(str(tmp))
-            files = {name: name for name in SPLITS}
+                         for name, examples in kept.items()}).save_to_disk(str(tmp))
+            files = {name: name for name in kept}
         else:
             for name, examples in sft.splits().items():
                 (tmp / f"{name}.jsonl").write_text(_jsonl([to_row(e, fmt) for e in examples]),
@@ -109,7 +142,8 @@ def read_export(out: Path) -> tuple[dict[str, Any], dict[str, list[Messages]]]:
 
         loaded = load_from_disk(str(out))
         for name in SPLITS:
-            splits[name] = [from_row(dict(r), fmt) for r in loaded[name]]
+            rows = loaded.get(name, [])
+            splits[name] = [from_row(dict(r), fmt) for r in rows]
     else:
         for name in SPLITS:
             lines = (out / f"{name}.jsonl").read_text("utf-8").splitlines()

@@ -54,6 +54,35 @@ def _llama_metadata(writer: Any, config: Any) -> None:
         writer.add_value_length(head_dim)
 
 
+def check_gguf_template(template: Path, config: Any) -> Any:
+    """The GGUF reader of ``template`` once it fits a model with ``config`` (else an error).
+
+    Called before training as well as at export, so a wrong template fails in seconds rather
+    than after the training run.
+    """
+    import gguf
+
+    if getattr(config, "model_type", None) != "llama":
+        raise GGUFExportError(f"only llama-architecture models are exported (got "
+                              f"{getattr(config, 'model_type', None)!r}); serve the merged "
+                              "directory with another backend instead")
+    if not Path(template).is_file():
+        raise GGUFExportError(f"{template}: no such GGUF file")
+    try:
+        reader = gguf.GGUFReader(str(template))
+    except (ValueError, OSError) as exc:
+        raise GGUFExportError(f"{template}: not a readable GGUF file ({exc})") from None
+    arch = reader.fields.get("general.architecture")
+    if arch is None or arch.contents() != "llama":
+        raise GGUFExportError(f"{template}: not a llama-architecture GGUF file")
+    tokens = reader.fields.get("tokenizer.ggml.tokens")
+    n_tokens = len(tokens.data) if tokens is not None else 0
+    if n_tokens != int(config.vocab_size):
+        raise GGUFExportError(f"{template} has {n_tokens} tokens but the model's vocabulary has "
+                              f"{config.vocab_size}; use the base model's own GGUF as template")
+    return reader
+
+
 def export_gguf(model: Any, out: Path, *, template: Path, name: str, f16: bool = True) -> Path:
     """Write a llama-architecture model as GGUF, with the tokenizer and template of ``template``.
 
@@ -63,19 +92,7 @@ def export_gguf(model: Any, out: Path, *, template: Path, name: str, f16: bool =
     import gguf
 
     config = model.config
-    if getattr(config, "model_type", None) != "llama":
-        raise GGUFExportError(f"only llama-architecture models are exported (got "
-                              f"{getattr(config, 'model_type', None)!r}); serve the merged "
-                              "directory with another backend instead")
-    reader = gguf.GGUFReader(str(template))
-    arch = reader.fields.get("general.architecture")
-    if arch is None or arch.contents() != "llama":
-        raise GGUFExportError(f"{template}: not a llama-architecture GGUF file")
-    tokens = reader.fields.get("tokenizer.ggml.tokens")
-    n_tokens = len(tokens.data) if tokens is not None else 0
-    if n_tokens != int(config.vocab_size):
-        raise GGUFExportError(f"{template} has {n_tokens} tokens but the model's vocabulary has "
-                              f"{config.vocab_size}; use the base model's own GGUF as template")
+    reader = check_gguf_template(template, config)
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")

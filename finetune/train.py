@@ -24,7 +24,7 @@ from finetune.models import (
     file_sha256,
     set_threads,
 )
-from finetune.serve import GGUFExportError, export_gguf
+from finetune.serve import GGUFExportError, check_gguf_template, export_gguf
 from guideline_lib.io import atomic_directory
 from guideline_lib.schema import utc_now
 
@@ -150,6 +150,9 @@ def train_sft(
     own GGUF file when it was loaded from one. ``base.model`` is adapted and merged in place.
     """
     started = time.monotonic()
+    if config.gguf and gguf_template is not None:
+        # An explicit template must fit before hours of training, not after.
+        check_gguf_template(gguf_template, base.model.config)
     if config.threads:
         set_threads(config.threads)
     n_train, n_val = len(splits["train"]), len(splits.get("validation", []))

@@ -228,7 +228,11 @@ class LLMClient:
 
     async def _post_with_retries(self, body: dict[str, Any]) -> dict[str, Any]:
         last = "no attempt"
-        refused = 0
+        # Whether the latest attempt found no server at all. An upstream that dies while
+        # answering fails the first attempt with a read error and the next ones with refused
+        # connections: that is an unreachable server (stop the run, record nothing), not a
+        # failed input.
+        refused = False
         for attempt in range(self.config.max_retries + 1):
             hint: float | None = None
             try:
@@ -236,8 +240,9 @@ class LLMClient:
                 response = await self._http.post("/chat/completions", json=body)
             except (httpx.TimeoutException, httpx.TransportError) as exc:
                 last = f"{type(exc).__name__}: {exc}".rstrip(": ")
-                refused += isinstance(exc, httpx.ConnectError)
+                refused = isinstance(exc, httpx.ConnectError)
             else:
+                refused = False
                 status = response.status_code
                 if status == 200:
                     try:
@@ -255,7 +260,7 @@ class LLMClient:
                 await asyncio.sleep(self.backoff_delay(attempt, hint))
         self.stats.failures += 1
         message = f"gave up after {self.config.max_retries + 1} attempts: {last}"
-        if refused == self.config.max_retries + 1:
+        if refused:
             raise LLMUnreachable(f"{self.config.base_url} unreachable; {message}", retryable=True)
         raise LLMError(message, retryable=True)
 

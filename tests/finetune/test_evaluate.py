@@ -11,6 +11,7 @@ from finetune.evaluate import (
     EvalItem,
     LLMJudge,
     LocalAnswerer,
+    balanced,
     eval_items_from_rows,
     evaluate_models,
     is_refusal,
@@ -98,3 +99,17 @@ def test_models_answer_in_input_order_locally_and_over_http(tiny_base, scripted)
     remote = EndpointAnswerer("remote", LLMConfig(base_url=url, model="m", max_retries=0))
     assert remote.answer(conversations) == [f"Guided answer (0 guidelines): {c[0]['content']}"
                                             for c in conversations]
+
+
+def test_a_limit_takes_half_of_each_label_in_order():
+    items = [EvalItem("h1", "harmful"), EvalItem("h2", "harmful"), EvalItem("h3", "harmful"),
+             EvalItem("b1", "benign")]
+    assert [i.text for i in balanced(items, 4)] == ["h1", "h2", "b1"]
+    assert [i.text for i in balanced(items, 2)] == ["h1", "b1"]
+    assert balanced(items, 0) == items
+
+
+def test_rows_that_are_not_objects_are_skipped():
+    items, skipped = eval_items_from_rows([["text", "harmful"], "plain", None,
+                                           {"text": "ok", "label": "benign"}])
+    assert [i.text for i in items] == ["ok"] and skipped == 3

@@ -101,3 +101,20 @@ def test_a_hand_edited_export_is_rejected(tmp_path):
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     with pytest.raises(ExportError, match="hash"):
         read_export(tmp_path / "out")
+
+
+def test_hf_export_without_validation_reads_back(tmp_path):
+    config = ExportConfig(format="hf", validation=0.0)
+    sft = build_sft(many(4), config=config)
+    write_export(sft, tmp_path / "out", manifest=export_manifest(sft, config=config, run=RUN))
+    _, splits = read_export(tmp_path / "out")
+    assert len(splits["train"]) == 4 and splits["validation"] == []
+
+
+def test_dedup_keeps_the_same_record_whatever_the_journal_order():
+    # Journal order is completion order under concurrency; the survivor must not depend on it.
+    records = [record("k2", "Sort a list?", "Use sorted()."), record("k1", "sort a list", "Other.")]
+    config = ExportConfig(validation=0.0, dedup=True)
+    kept = [e.key for e in build_sft(records, config=config).train]
+    assert kept == [e.key for e in build_sft(list(reversed(records)), config=config).train]
+    assert kept == ["k1"]

@@ -122,7 +122,8 @@ def test_resume_after_kill_loses_and_repeats_nothing(tmp_path, library_dir, scri
     run = tmp_path / "run"
     args = [str(inputs), "-o", str(run), "--library", str(library_dir), "--index",
             str(tmp_path / "index"), "--encoder", str(base_model_path()), "--base-url", url,
-            "--model", "scripted", "--concurrency", "2", "--min-score", "0.2", "--no-progress"]
+            "--encoder-backend", "torch", "--model", "scripted", "--concurrency", "2",
+            "--min-score", "0.2", "--no-progress"]
     log.delay = 0.4
     proc = _cli(args)
     deadline = time.monotonic() + 180
@@ -168,7 +169,7 @@ def test_bad_inputs_are_skipped_and_counted(tmp_path, library_dir, scripted):
     result = CliRunner().invoke(app, [
         "finetune", "generate", str(inputs), "-o", str(tmp_path / "run"), "--library",
         str(library_dir), "--index", str(tmp_path / "index"), "--encoder", str(base_model_path()),
-        "--base-url", url, "--max-chars", "200", "--no-progress"])
+        "--encoder-backend", "torch", "--base-url", url, "--max-chars", "200", "--no-progress"])
     assert result.exit_code == 0, result.output
     assert "read 8 rows, kept 2" in result.output
     manifest = json.loads((tmp_path / "run" / "run.json").read_text())

@@ -141,3 +141,43 @@ def test_concurrency_is_bounded(scripted) -> None:
     asyncio.run(go())
     assert len(scripted.llm.requests) == 10
     assert scripted.llm.max_in_flight == 3
+
+
+def test_upstream_dying_mid_answer_is_unreachable_not_a_failed_input() -> None:
+    # First attempt: the connection drops while reading; then nothing listens any more.
+    attempts: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if not attempts:
+            attempts.append("read")
+            raise httpx.ReadError("connection reset", request=request)
+        attempts.append("connect")
+        raise httpx.ConnectError("connection refused", request=request)
+
+    async def go() -> None:
+        config = LLMConfig(base_url="http://upstream.test/v1", backoff=0.0, max_retries=2)
+        async with LLMClient(config, transport=httpx.MockTransport(handler)) as client:
+            await client.chat(HELLO)
+
+    with pytest.raises(LLMUnreachable):
+        asyncio.run(go())
+    assert attempts == ["read", "connect", "connect"]
+
+
+def test_a_server_that_answers_errors_is_not_unreachable() -> None:
+    calls: list[int] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(1)
+        if len(calls) == 1:
+            raise httpx.ConnectError("connection refused", request=request)
+        return httpx.Response(503, text="busy")
+
+    async def go() -> None:
+        config = LLMConfig(base_url="http://upstream.test/v1", backoff=0.0, max_retries=1)
+        async with LLMClient(config, transport=httpx.MockTransport(handler)) as client:
+            await client.chat(HELLO)
+
+    with pytest.raises(LLMError) as info:
+        asyncio.run(go())
+    assert not isinstance(info.value, LLMUnreachable)
