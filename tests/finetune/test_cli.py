@@ -75,7 +75,8 @@ def test_generate_export_train_evaluate_serve(tmp_path, library_dir, scripted, t
     report = tmp_path / "eval.json"
     out = invoke("evaluate", str(tuned), "--base", str(tiny_base), "--inputs", str(labelled),
                  "--max-new-tokens", "3", "--judge-url", url, "--json", str(report))
-    assert "2 labelled inputs" in out and "2 skipped: 1 not JSON, 1 without" in out
+    flat = " ".join(out.split())  # the console wraps long lines
+    assert "2 labelled inputs" in flat and "2 skipped: 1 not JSON, 1 without" in flat
     assert "base" in out and "tuned" in out and "judge refusal" in out
     saved = json.loads(report.read_text())
     assert [r["name"] for r in saved["rows"]] == ["base", "tuned"]

@@ -12,8 +12,17 @@ from tests.fakes.server import free_port
 from tests.fakes.sft_records import record
 
 
-def run_cli(*args: str):  # type: ignore[no-untyped-def]
-    return CliRunner().invoke(app, ["finetune", *args])
+class Outcome:
+    """Exit code and output of one CLI call, the output with the console's wrapping undone."""
+
+    def __init__(self, exit_code: int, output: str):
+        self.exit_code = exit_code
+        self.output = " ".join(output.split())
+
+
+def run_cli(*args: str) -> Outcome:
+    result = CliRunner().invoke(app, ["finetune", *args])
+    return Outcome(result.exit_code, result.output)
 
 
 def fake_run(path: Path, records: list[dict]) -> Path:
