@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -20,32 +20,49 @@ app.add_typer(retriever_app, name="retriever")
 app.add_typer(finetune_app, name="finetune")
 
 
-def _run_gateway(host: str | None, port: int | None) -> None:
+def _run_gateway(host: str | None, port: int | None, workers: int | None = None) -> None:
     import uvicorn
 
     from app.config import get_settings
-    from app.main import create_app
+    from app.main import create_app, load_retriever
 
     settings = get_settings()
     if host:
         settings.host = host
     if port:
         settings.port = port
+    if workers:
+        settings.workers = workers
     logging.basicConfig(level=settings.log_level.upper(),
                         format="%(levelname)s %(name)s: %(message)s")
-    uvicorn.run(
-        create_app(settings), host=settings.host, port=settings.port,
-        log_level=settings.log_level, loop="auto", http="auto", access_log=False,
-    )
+    common: dict[str, Any] = {"host": settings.host, "port": settings.port,
+                              "log_level": settings.log_level, "loop": "auto", "http": "auto",
+                              "access_log": False}
+    if settings.workers == 1:
+        uvicorn.run(create_app(settings), **common)
+        return
+    # Several processes: build what is missing (index, encoder export) once, here, so the
+    # workers only load it; each worker builds its app from the same environment.
+    load_retriever(settings)
+    os.environ.update(_settings_env(settings))
+    uvicorn.run("app.main:create_app", factory=True, workers=settings.workers, **common)
+
+
+def _settings_env(settings: Any) -> dict[str, str]:
+    """The command-line overrides, as the environment the worker processes read settings from."""
+    return {"GUIDE_ALIGN_HOST": settings.host, "GUIDE_ALIGN_PORT": str(settings.port),
+            "GUIDE_ALIGN_WORKERS": str(settings.workers)}
 
 
 @app.command()
 def serve(
     host: Annotated[str | None, typer.Option(help="Bind address (default from settings)")] = None,
     port: Annotated[int | None, typer.Option(help="Port (default from settings)")] = None,
+    workers: Annotated[int | None, typer.Option(min=1, help="Gateway processes (default from "
+                                                "settings: 1)")] = None,
 ) -> None:
     """Run the gateway in front of the configured upstream."""
-    _run_gateway(host, port)
+    _run_gateway(host, port, workers)
 
 
 @app.command()
@@ -70,6 +87,7 @@ def up(
     llm_port: Annotated[int, typer.Option(help="Port of the local llama.cpp server")] = 8081,
     port: Annotated[int, typer.Option(help="Gateway port")] = 8000,
     train: Annotated[bool, typer.Option(help="Train the retriever on first start")] = True,
+    workers: Annotated[int | None, typer.Option(min=1, help="Gateway processes")] = None,
 ) -> None:
     """Start the whole local system: llama.cpp + SmolLM2 upstream, then the gateway."""
     from app.launcher import (
@@ -95,7 +113,7 @@ def up(
         except LaunchError as exc:  # the gateway still starts; /readyz tells the truth
             typer.echo(f"warning: {exc}", err=True)
         typer.echo(_banner(port))
-        _run_gateway("127.0.0.1", port)
+        _run_gateway("127.0.0.1", port, workers)
     finally:
         typer.echo("stopping llama.cpp server")
         stop_process(proc)

@@ -63,6 +63,8 @@ class Settings(BaseSettings):
     # server
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
+    # Gateway processes sharing the port (uvicorn workers); each loads its own retriever.
+    workers: int = Field(1, ge=1, le=64)
     log_level: str = "info"
 
     @field_validator("upstream_base_url")

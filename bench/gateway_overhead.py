@@ -113,6 +113,8 @@ def main() -> None:
         "LITELLM_PYTHON", str(default_litellm) if default_litellm.exists() else ""),
                     help="python of an environment with litellm[proxy] (optional peer)")
     ap.add_argument("--name", default="gateway_overhead")
+    ap.add_argument("--gateway-workers", type=int, default=1,
+                    help="gateway processes (`guide-align serve --workers N`)")
     args = ap.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
 
@@ -123,7 +125,8 @@ def main() -> None:
                   str(stub_port), "--log-level", "warning", "--no-access-log"],
                  log=work / "stub.log")
     stub_url = f"http://127.0.0.1:{stub_port}/v1"
-    gateway = start([sys.executable, "-m", "app.cli", "serve", "--port", str(gw_port)],
+    gateway = start([sys.executable, "-m", "app.cli", "serve", "--port", str(gw_port),
+                     "--workers", str(args.gateway_workers)],
                     env={"GUIDE_ALIGN_UPSTREAM_BASE_URL": stub_url, "GUIDE_ALIGN_LOG_LEVEL":
                          "warning"}, log=work / "gateway.log")
     procs = [stub, gateway]
