@@ -287,6 +287,21 @@ def _answerer(spec: str, name: str, model: str, *, max_new_tokens: int, batch_si
                          batch_size=batch_size, progress=progress)
 
 
+def _base_of(tuned: str) -> str:
+    """The base model a tuned directory was trained from (its manifest), else the default."""
+    from finetune.models import MANIFEST
+
+    manifest = Path(tuned) / MANIFEST
+    if not tuned.startswith(("http://", "https://")) and manifest.is_file():
+        try:
+            source = json.loads(manifest.read_text("utf-8"))["base"]["path"]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            source = None
+        if source and Path(source).exists():
+            return str(source)
+    return str(_default_base())
+
+
 def _pct(value: float | None) -> str:
     return "-" if value is None else f"{value:.1%}"
 
@@ -295,7 +310,8 @@ def _pct(value: float | None) -> str:
 def evaluate(
     tuned: Annotated[str, typer.Argument(help="Tuned model directory, or its endpoint URL")],
     base: Annotated[str | None, Opt(help="Base model (.gguf, directory or endpoint URL; "
-                                    "default: the embedded SmolLM2)")] = None,
+                                    "default: the base named in the tuned model's manifest, "
+                                    "else the embedded SmolLM2)")] = None,
     inputs: Annotated[Path | None, Opt(help="JSONL of {text, label: harmful|benign}")] = None,
     library: Annotated[Path, Opt(help="Else: this library's held-out split")]
     = default_library_path(),
@@ -354,7 +370,7 @@ def evaluate(
     try:
         models = [_answerer(spec, name, model_name, max_new_tokens=max_new_tokens,
                             batch_size=batch_size, progress=progress)
-                  for spec, name in ((base or str(_default_base()), "base"), (tuned, "tuned"))]
+                  for spec, name in ((base or _base_of(tuned), "base"), (tuned, "tuned"))]
     except ModelError as exc:
         raise _fail(str(exc)) from None
     judge = (LLMJudge(LLMConfig(base_url=judge_url, model=judge_model, api_key=judge_api_key,

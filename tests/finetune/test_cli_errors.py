@@ -149,3 +149,16 @@ def test_generate_with_a_missing_library_is_a_clear_error(tmp_path, scripted):
                      str(tmp_path / "no-library"), "--base-url", url, "--no-progress")
     assert result.exit_code == 2
     assert "cannot open the retriever" in result.output
+
+
+def test_evaluate_compares_against_the_base_the_tuned_model_came_from(tmp_path, tiny_base,
+                                                                      smol_gguf):
+    from finetune.cli import _base_of
+
+    tuned = tmp_path / "tuned"
+    tuned.mkdir()
+    (tuned / "manifest.json").write_text(json.dumps({"base": {"path": str(tiny_base)}}))
+    assert _base_of(str(tuned)) == str(tiny_base)
+    (tuned / "manifest.json").write_text(json.dumps({"base": {"path": str(tmp_path / "gone")}}))
+    assert _base_of(str(tuned)) == str(smol_gguf)  # a base that is gone: the embedded default
+    assert _base_of("http://127.0.0.1:9/v1") == str(smol_gguf)
