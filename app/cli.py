@@ -10,8 +10,19 @@ from typing import Annotated, Any
 import typer
 
 from finetune.cli import app as finetune_app
+from guideline_lib.build_cli import set_encoder_loader
 from guideline_lib.cli import app as library_app
 from retriever.cli import app as retriever_app
+
+
+def _merge_encoder(path: Path | None) -> Any:
+    """The sentence encoder `library build` merges near-duplicates with (default: MiniLM)."""
+    from retriever.encoder import base_model_path, load_encoder
+
+    return load_encoder(str(path or base_model_path()))
+
+
+set_encoder_loader(_merge_encoder)  # guideline_lib may not import retriever: wired up here
 
 app = typer.Typer(help="Guide-Align: guideline-retrieval alignment gateway for LLMs.",
                   no_args_is_help=True)

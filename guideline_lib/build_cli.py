@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlsplit, urlunsplit
@@ -53,13 +54,28 @@ def _next_version(version: str) -> str:
     return f"{match[1]}.{match[2]}.{int(match[3]) + 1}" if match else f"{version}.1"
 
 
+# How `library build` gets a sentence encoder for merging near-duplicates. guideline_lib sits
+# below retriever (DESIGN: imports go one way), so the command line that assembles the packages
+# (app.cli) installs the loader; without one, merging uses the fuzzy ratio only.
+EncoderLoader = Callable[[Path | None], Embedder]
+_encoder_loader: EncoderLoader | None = None
+
+
+def set_encoder_loader(loader: EncoderLoader | None) -> None:
+    """Install how to load the merge encoder (a path, or None for the default model)."""
+    global _encoder_loader
+    _encoder_loader = loader
+
+
 def _load_encoder(path: Path | None) -> Embedder | None:
     # Loaded at the edge only: stages take any Embedder. A missing model must not lose a
     # finished build, so merging falls back to the fuzzy ratio.
+    if _encoder_loader is None:
+        console.print("[yellow]warning:[/yellow] no sentence encoder available; merging "
+                      "near-duplicates by fuzzy ratio only")
+        return None
     try:
-        from retriever.encoder import base_model_path, load_encoder
-
-        return load_encoder(str(path or base_model_path()))
+        return _encoder_loader(path)
     except Exception as exc:
         console.print(f"[yellow]warning:[/yellow] no sentence encoder ({escape(str(exc))}); "
                       "merging near-duplicates by fuzzy ratio only")
