@@ -54,10 +54,12 @@ class UpstreamClientError(GatewayError):
 
     type = "invalid_request_error"
 
-    def __init__(self, status: int, body: dict[str, Any]):
+    def __init__(self, status: int, body: dict[str, Any],
+                 headers: dict[str, str] | None = None):
         super().__init__(str(body.get("error", {}).get("message", "upstream rejected request")))
         self.status = status
         self.body = body
+        self.headers = headers or {}  # retry-after, x-ratelimit-*: what clients back off by
 
 
 class NotReady(GatewayError):
@@ -72,11 +74,13 @@ def error_body(message: str, type_: str, *, param: str | None = None, code: str 
 
 def error_response(exc: GatewayError) -> Response:
     """Render a GatewayError as a JSON response."""
+    headers: dict[str, str] = {}
     if isinstance(exc, UpstreamClientError):
-        body = exc.body
+        body, headers = exc.body, exc.headers
     else:
         body = error_body(exc.message, exc.type, param=exc.param, code=exc.code)
-    return Response(orjson.dumps(body), status_code=exc.status, media_type="application/json")
+    return Response(orjson.dumps(body), status_code=exc.status, media_type="application/json",
+                    headers=headers)
 
 
 def install_handlers(app: FastAPI) -> None:

@@ -8,6 +8,7 @@ import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 import anyio.to_thread
 
@@ -16,6 +17,12 @@ from guideline_lib.render import inject_system, render_guidelines
 from retriever.query import conversation_query
 from retriever.search import DenseRetriever
 from retriever.types import Hit, SelectConfig
+
+
+def header_token(text: str) -> str:
+    """``text`` safe for a comma-separated header value: anything but [A-Za-z0-9_.-] is
+    percent-encoded (a hand-edited library may hold non-Latin-1 category names)."""
+    return quote(text, safe="_.-")
 
 
 @dataclass(frozen=True)
@@ -29,8 +36,8 @@ class Guidance:
         """Response headers naming the guidelines used."""
         cats = list(dict.fromkeys(h.category for h in self.hits))
         return {
-            "x-guide-align-guidelines": ",".join(h.id for h in self.hits),
-            "x-guide-align-categories": ",".join(cats),
+            "x-guide-align-guidelines": ",".join(header_token(h.id) for h in self.hits),
+            "x-guide-align-categories": ",".join(header_token(c) for c in cats),
         }
 
     def body_field(self) -> dict[str, Any]:
@@ -59,8 +66,8 @@ class BatchingSearcher:
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
-        """Start the batching worker on the running loop."""
-        if self._task is None:
+        """Start the batching worker on the running loop (again, if it ever ended)."""
+        if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self) -> None:

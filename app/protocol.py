@@ -34,7 +34,7 @@ class ChatCompletionRequest(BaseModel):
 
     model: str | None = None
     messages: list[ChatMessage]
-    stream: bool = False
+    stream: bool | None = False  # null means false, as in OpenAI's API
     guide_align: GuideAlignOptions = Field(default_factory=GuideAlignOptions)
 
 

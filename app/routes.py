@@ -7,10 +7,18 @@ from typing import Any, TypeVar
 import orjson
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ValidationError
+from starlette.background import BackgroundTask
 from starlette.responses import Response, StreamingResponse
 
 from app.config import Settings
-from app.errors import BadRequest, GatewayError, NotReady, PayloadTooLarge, UnprocessableEntity
+from app.errors import (
+    BadRequest,
+    GatewayError,
+    NotReady,
+    PayloadTooLarge,
+    UnprocessableEntity,
+    UpstreamClientError,
+)
 from app.gateway import BatchingSearcher, guide, select_config
 from app.protocol import ChatCompletionRequest, GuideAlignOptions, SearchRequest
 from app.upstream import Upstream, relay_sse
@@ -79,6 +87,8 @@ async def chat_completions(request: Request) -> Response:
     )
     body = {k: v for k, v in data.items() if k != "guide_align"}
     body["messages"] = guidance.messages
+    if "stream" in body:
+        body["stream"] = bool(parsed.stream)  # null (or a lax "true") as the upstream expects
     auth = request.headers.get("authorization")
     headers = guidance.headers()
     if not parsed.stream:
@@ -86,10 +96,17 @@ async def chat_completions(request: Request) -> Response:
         answer["guide_align"] = guidance.body_field()
         return _json(answer, headers=headers)
     resp = await upstream.open_stream(body, auth=auth)
-    return StreamingResponse(
-        relay_sse(resp), media_type="text/event-stream",
-        headers={**headers, "cache-control": "no-cache", "x-accel-buffering": "no"},
-    )
+    try:
+        # relay_sse closes the upstream response when it ends; the background task closes it
+        # too if the body is never iterated (closing twice is harmless).
+        return StreamingResponse(
+            relay_sse(resp), media_type="text/event-stream",
+            headers={**headers, "cache-control": "no-cache", "x-accel-buffering": "no"},
+            background=BackgroundTask(resp.aclose),
+        )
+    except BaseException:
+        await resp.aclose()  # otherwise the pooled connection is never given back
+        raise
 
 
 @router.post("/v1/guidelines/search")
@@ -129,6 +146,11 @@ async def readyz(request: Request) -> Response:
     try:
         await st.upstream.get_json("/models", timeout=st.settings.ready_timeout)
         checks["upstream"] = True
+    except UpstreamClientError as exc:
+        # Probed without credentials: a 401/403 (or any 4xx) is a live server that wants the
+        # client's key. With a configured key, get_json already turned a refusal into a 502.
+        checks["upstream"] = True
+        checks["upstream_status"] = exc.status
     except GatewayError as exc:
         checks["upstream"] = False
         checks["upstream_error"] = exc.message

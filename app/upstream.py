@@ -78,6 +78,9 @@ class Upstream:
         raw = await resp.aread()
         if resp.status_code >= 500:
             raise UpstreamError(f"upstream answered {resp.status_code}")
+        if resp.status_code in (401, 403) and self._secret is not None:
+            # The gateway's configured key was refused: not the client's fault.
+            raise UpstreamError(f"upstream refused the gateway's API key ({resp.status_code})")
         try:
             body = orjson.loads(raw)
         except orjson.JSONDecodeError:
@@ -89,7 +92,9 @@ class Upstream:
                 code=str(resp.status_code),
             )
         scrubbed = orjson.loads(self._scrub(orjson.dumps(body).decode()))
-        raise UpstreamClientError(resp.status_code, scrubbed)
+        relayed = {k: v for k, v in resp.headers.items()
+                   if k.lower() == "retry-after" or k.lower().startswith("x-ratelimit-")}
+        raise UpstreamClientError(resp.status_code, scrubbed, headers=relayed)
 
     async def get_json(self, path: str, *, auth: str | None = None,
                        timeout: float | None = None) -> Any:
@@ -131,7 +136,7 @@ class Upstream:
         request = self.client.build_request(
             "POST", "/chat/completions", content=orjson.dumps(body),
             headers={"content-type": "application/json", "accept": "text/event-stream",
-                     **self._headers(auth)},
+                     "accept-encoding": "identity", **self._headers(auth)},
         )
         try:
             resp = await self.client.send(request, stream=True)
@@ -176,8 +181,12 @@ async def relay_sse(resp: httpx.Response) -> AsyncIterator[bytes]:
     buf = b""
     done = False
     try:
-        async for chunk in resp.aiter_raw():
-            buf += chunk.replace(b"\r\n", b"\n")
+        async for chunk in resp.aiter_bytes():  # decoded, should the upstream compress
+            buf += chunk
+            # CRLF -> LF over the whole buffer; a trailing CR waits for the next chunk, whose
+            # LF may complete it.
+            tail = b"\r" if buf.endswith(b"\r") else b""
+            buf = buf[: len(buf) - len(tail)].replace(b"\r\n", b"\n") + tail
             while b"\n\n" in buf:
                 event, buf = buf.split(b"\n\n", 1)
                 if not event.strip():
@@ -194,6 +203,7 @@ async def relay_sse(resp: httpx.Response) -> AsyncIterator[bytes]:
         if buf.strip():
             if _valid_event(buf.strip()) and buf.strip().endswith(b"[DONE]"):
                 done = True
+                yield DONE
             elif _valid_event(buf.strip()):
                 yield buf.strip() + b"\n\n"
             else:

@@ -41,7 +41,7 @@ def test_streaming_from_llama(e2e_gateway):
         "messages": [{"role": "user", "content": "Write one sentence about the sea."}]},
     ) as resp:
         assert resp.status_code == 200
-        assert resp.headers["x-guide-align-guidelines"] is not None
+        assert "x-guide-align-guidelines" in resp.headers  # present even when nothing matched
         lines = [ln for ln in resp.iter_lines() if ln.startswith("data:")]
     assert lines[-1] == "data: [DONE]"
     for line in lines[:-1]:

@@ -170,7 +170,7 @@ def test_upstream_key_is_never_leaked(gateway, upstream_log):
     with gateway(upstream_api_key=SECRET) as c:
         resp = c.post("/v1/chat/completions", json={"model": "echo-auth-400", "messages": USER},
                       headers={"authorization": "Bearer client-key"})
-        assert resp.status_code == 401
+        assert resp.status_code == 400
         assert SECRET not in resp.text
         assert "***" in resp.text
         assert SECRET not in c.get("/readyz").text
@@ -235,3 +235,30 @@ def test_unknown_route_and_method_use_error_shape(gateway):
     with gateway() as c:
         assert error_of(c.get("/v1/nothing"))["code"] == "404"
         assert c.get("/v1/chat/completions").status_code == 405
+
+
+def test_refused_gateway_key_is_a_502_but_a_refused_client_key_is_relayed(gateway):
+    with gateway(upstream_api_key=SECRET) as c:
+        resp = c.post("/v1/chat/completions", json={"model": "auth-401", "messages": USER})
+        assert resp.status_code == 502  # the operator's key, not the client's fault
+        assert "gateway's API key" in resp.json()["error"]["message"]
+    with gateway() as c:
+        resp = c.post("/v1/chat/completions", json={"model": "auth-401", "messages": USER},
+                      headers={"authorization": "Bearer client-key"})
+        assert resp.status_code == 401
+
+
+def test_rate_limit_headers_are_relayed_with_the_429(gateway):
+    with gateway() as c:
+        resp = c.post("/v1/chat/completions", json={"model": "rate-limited", "messages": USER})
+    assert resp.status_code == 429
+    assert resp.headers["retry-after"] == "7"
+    assert resp.headers["x-ratelimit-remaining-requests"] == "0"
+    assert "x-internal-trace" not in resp.headers
+
+
+def test_stream_null_means_not_streaming(gateway, upstream_log):
+    with gateway() as c:
+        resp = c.post("/v1/chat/completions", json={"messages": USER, "stream": None})
+    assert resp.status_code == 200 and resp.json()["object"] == "chat.completion"
+    assert upstream_log.bodies[-1]["stream"] is False

@@ -2,7 +2,8 @@
 
 Models: "ok" (default), "slow-stream" (one chunk every 0.3 s for ``n`` chunks), "error-500",
 "error-400", "not-json", "bad-sse", "drop-mid-stream", "hang" (sleeps longer than any timeout),
-"echo-auth-400" (a 400 whose message repeats the Authorization header it received).
+"echo-auth-400" (a 400 whose message repeats the Authorization header it received), "auth-401"
+(a 401), "rate-limited" (a 429 with retry-after and rate-limit headers).
 """
 
 from __future__ import annotations
@@ -67,7 +68,15 @@ def make_upstream(log: UpstreamLog | None = None, *, chunk_delay: float = 0.3) -
         if model == "echo-auth-400":
             auth = request.headers.get("authorization", "")
             return JSONResponse({"error": {"message": f"key rejected: {auth}", "type": "auth",
+                                           "param": None, "code": None}}, status_code=400)
+        if model == "auth-401":
+            return JSONResponse({"error": {"message": "invalid api key", "type": "auth",
                                            "param": None, "code": None}}, status_code=401)
+        if model == "rate-limited":
+            return JSONResponse({"error": {"message": "slow down", "type": "rate_limit",
+                                           "param": None, "code": None}}, status_code=429,
+                                headers={"retry-after": "7", "x-ratelimit-remaining-requests": "0",
+                                         "x-internal-trace": "do-not-relay"})
         if model == "not-json":
             return PlainTextResponse("<html>proxy error</html>", status_code=200)
         if model == "hang":
