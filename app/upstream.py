@@ -150,6 +150,11 @@ class Upstream:
         return resp
 
 
+# One SSE event (a chunk of one choice) is a few hundred bytes; an upstream that sends more than
+# this without an event separator is broken, and is not buffered without end.
+MAX_EVENT_BYTES = 1 << 20
+
+
 def sse_error(message: str, type_: str = "upstream_error", code: str = "stream_error") -> bytes:
     """An OpenAI-style error sent as an SSE data event."""
     return b"data: " + orjson.dumps(error_body(message, type_, code=code)) + b"\n\n"
@@ -187,6 +192,11 @@ async def relay_sse(resp: httpx.Response) -> AsyncIterator[bytes]:
             # LF may complete it.
             tail = b"\r" if buf.endswith(b"\r") else b""
             buf = buf[: len(buf) - len(tail)].replace(b"\r\n", b"\n") + tail
+            if len(buf) > MAX_EVENT_BYTES and b"\n\n" not in buf:
+                yield sse_error("upstream sent a stream event over "
+                                f"{MAX_EVENT_BYTES // 1024} KiB")
+                yield DONE
+                return
             while b"\n\n" in buf:
                 event, buf = buf.split(b"\n\n", 1)
                 if not event.strip():

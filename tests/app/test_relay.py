@@ -87,3 +87,13 @@ def test_readyz_is_not_ready_when_the_gateways_own_key_is_refused(small_retrieve
     with TestClient(app) as client:
         resp = client.get("/readyz")
     assert resp.status_code == 503
+
+
+def test_an_endless_event_is_cut_off_with_an_error():
+    from app.upstream import MAX_EVENT_BYTES
+
+    blob = b"data: " + b"x" * 65536
+    events = relay([blob] * (MAX_EVENT_BYTES // 65536 + 2) + [b"\n\n"])
+    lines = data_lines(events)
+    assert "over" in json.loads(lines[0][5:])["error"]["message"]
+    assert lines[-1] == "data: [DONE]" and len(lines) == 2
