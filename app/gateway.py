@@ -14,7 +14,7 @@ import anyio.to_thread
 
 from app.protocol import GuideAlignOptions
 from guideline_lib.render import inject_system, render_guidelines
-from retriever.query import conversation_query
+from retriever.query import query_views
 from retriever.search import DenseRetriever
 from retriever.types import Hit, SelectConfig
 
@@ -50,6 +50,10 @@ class Guidance:
         }
 
 
+# A queued search: the query's views, its selection, and the future that gets the hits.
+Item = tuple[tuple[str, ...], SelectConfig, "asyncio.Future[list[Hit]]"]
+
+
 class BatchingSearcher:
     """Coalesces queries that arrive together into one encoder call off the event loop.
 
@@ -60,9 +64,7 @@ class BatchingSearcher:
     def __init__(self, retriever: DenseRetriever, *, max_batch: int = 64):
         self.retriever = retriever
         self.max_batch = max_batch
-        self._queue: asyncio.Queue[tuple[str, SelectConfig, asyncio.Future[list[Hit]]]] = (
-            asyncio.Queue()
-        )
+        self._queue: asyncio.Queue[Item] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -82,13 +84,15 @@ class BatchingSearcher:
             if not fut.done():
                 fut.set_exception(RuntimeError("retriever stopped"))
 
-    async def search(self, text: str, config: SelectConfig) -> list[Hit]:
-        """Selected hits for one query text."""
-        if not text:
+    async def search(self, views: str | tuple[str, ...], config: SelectConfig) -> list[Hit]:
+        """Selected hits for one query: a text, or its views (retriever.query.query_views)."""
+        views = (views,) if isinstance(views, str) else views
+        views = tuple(v for v in views if v)
+        if not views:
             return []
         self.start()
         fut: asyncio.Future[list[Hit]] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait((text, config, fut))
+        self._queue.put_nowait((views, config, fut))
         return await fut
 
     async def _run(self) -> None:
@@ -110,13 +114,14 @@ class BatchingSearcher:
                 if not fut.done():
                     fut.set_result(hits)
 
-    def _search_sync(
-        self, items: Sequence[tuple[str, SelectConfig, asyncio.Future[list[Hit]]]]
-    ) -> list[list[Hit]]:
-        vectors = self.retriever.encoder.encode([text for text, _, _ in items])
+    def _search_sync(self, items: Sequence[Item]) -> list[list[Hit]]:
+        vectors = self.retriever.encoder.encode([text for views, _, _ in items for text in views])
         out = []
-        for row, (_, config, _) in enumerate(items):
-            out.append(self.retriever.search_vectors(vectors[row : row + 1], config=config)[0])
+        start = 0
+        for views, config, _ in items:
+            out.append(self.retriever.select_views(vectors[start : start + len(views)],
+                                                   config=config))
+            start += len(views)
         return out
 
 
@@ -146,5 +151,5 @@ async def guide(
     config = select_config(base, options)
     if config.k == 0:
         return Guidance(hits=[], messages=messages)
-    hits = await searcher.search(conversation_query(messages, window=window), config)
+    hits = await searcher.search(query_views(messages, window=window), config)
     return Guidance(hits=hits, messages=inject_system(messages, render_guidelines(hits)))

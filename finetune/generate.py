@@ -26,7 +26,7 @@ from guideline_lib.llm import (
 )
 from guideline_lib.render import PREAMBLE, inject_system, render_guidelines
 from guideline_lib.schema import utc_now
-from retriever.query import conversation_query
+from retriever.query import query_views
 from retriever.types import Retriever, SelectConfig
 
 
@@ -82,10 +82,11 @@ class GuidedAnswerer:
         """The journal record for ``item``: what was sent, what came back, and timings."""
         started = time.monotonic()
         messages = client_messages(item, system=self.config.system)
-        query = conversation_query(messages, window=self.config.window)
+        # The gateway's query: the same views, the same selection (app.gateway.guide).
+        views = query_views(messages, window=self.config.window)
         async with self._search_lock:
-            hits = await asyncio.to_thread(self.retriever.search, query,
-                                           config=self.config.select)
+            hits = (await asyncio.to_thread(self.retriever.search_views, [views],
+                                            config=self.config.select))[0]
         retrieval_s = time.monotonic() - started
         sent = inject_system(messages, render_guidelines(hits))
         record: dict[str, Any] = {

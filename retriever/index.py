@@ -131,7 +131,12 @@ def load_index(
     path = Path(path)
     if not (path / MANIFEST_FILE).is_file():
         raise IndexError_(f"{path}: no index here (missing {MANIFEST_FILE})")
-    manifest = json.loads((path / MANIFEST_FILE).read_text("utf-8"))
+    try:
+        manifest = json.loads((path / MANIFEST_FILE).read_text("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise IndexError_(f"{path}: unreadable {MANIFEST_FILE} ({exc})") from None
+    if not isinstance(manifest, dict):
+        raise IndexError_(f"{path}: {MANIFEST_FILE} is not a JSON object")
     if library_hash is not None and manifest.get("library_hash") != library_hash:
         raise IndexError_(
             f"{path}: index was built from library {str(manifest.get('library_hash'))[:12]}, "
@@ -144,8 +149,13 @@ def load_index(
             f"but the encoder loaded is {encoder_hash[:12]}; rebuild it with "
             "`guide-align retriever index`"
         )
-    index = faiss.read_index(str(path / INDEX_FILE))
-    ids = json.loads((path / IDS_FILE).read_text("utf-8"))
+    try:
+        index = faiss.read_index(str(path / INDEX_FILE))
+        ids = json.loads((path / IDS_FILE).read_text("utf-8"))
+    except (RuntimeError, OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise IndexError_(f"{path}: corrupt index files ({type(exc).__name__}: {exc})") from None
+    if not isinstance(ids, list):
+        raise IndexError_(f"{path}: {IDS_FILE} is not a list")
     if index.ntotal != len(ids):
         raise IndexError_(f"{path}: index holds {index.ntotal} vectors but {len(ids)} ids")
     return LoadedIndex(index=index, ids=ids, manifest=manifest)

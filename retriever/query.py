@@ -24,9 +24,11 @@ def message_text(content: Any) -> str:
 
 
 def conversation_query(messages: Sequence[dict[str, Any]], *, window: int = 3) -> str:
-    """The latest user turn plus up to ``window`` earlier user turns, oldest first, one per line.
+    """The latest user turn, then up to ``window`` earlier user turns newest first, one per line.
 
-    Earlier turns are kept so that a harmful request split across turns is still seen.
+    Earlier turns are kept so that a harmful request split across turns is still seen. The
+    latest turn comes first because the encoder reads a bounded number of tokens (64 for the
+    trained retriever) and cuts the rest: long earlier turns must not push it out.
     """
     user_turns = [
         text
@@ -37,7 +39,24 @@ def conversation_query(messages: Sequence[dict[str, Any]], *, window: int = 3) -
     ]
     if not user_turns:
         return ""
-    return "\n".join(user_turns[-(window + 1) :])
+    return "\n".join(reversed(user_turns[-(window + 1) :]))
+
+
+def query_views(query: Query, *, window: int = 3) -> tuple[str, ...]:
+    """The texts embedded for one query; a guideline's score is its best over them.
+
+    A text is one view. A conversation is two: the windowed query (a request split across turns)
+    and the latest user turn alone (so that long or benign earlier turns cannot dilute a
+    harmful request in the mean-pooled embedding). They are one view when they coincide.
+    """
+    if isinstance(query, str):
+        text = query.strip()
+        return (text,) if text else ()
+    joined = conversation_query(query, window=window)
+    if not joined:
+        return ()
+    latest = conversation_query(query, window=0)
+    return (joined,) if latest == joined else (joined, latest)
 
 
 def query_text(query: Query, *, window: int = 3) -> str:

@@ -10,7 +10,7 @@ import numpy as np
 from guideline_lib.schema import Guideline, Library
 from retriever.encoder import Encoder
 from retriever.index import IndexError_, LoadedIndex, load_index
-from retriever.query import query_text
+from retriever.query import query_text, query_views
 from retriever.select import select_hits
 from retriever.types import Hit, Query, SelectConfig
 
@@ -68,22 +68,41 @@ class DenseRetriever:
     def search_vectors(
         self, vectors: np.ndarray, *, config: SelectConfig | None = None
     ) -> list[list[Hit]]:
-        """Search already-encoded query vectors (rows) and apply selection."""
+        """Search already-encoded query vectors (rows, one query each) and apply selection."""
+        return [self.select_views(vectors[i : i + 1], config=config)
+                for i in range(len(vectors))]
+
+    def select_views(self, vectors: np.ndarray, *, config: SelectConfig | None = None
+                     ) -> list[Hit]:
+        """Selected hits for ONE query embedded as several views (rows): each candidate keeps
+        its best score over the views, then selection runs once."""
         config = config or self.config
         n_cand = min(max(config.candidates, config.k), len(self._rows))
         scores, rows = self.index.index.search(np.ascontiguousarray(vectors), n_cand)
-        out = []
+        best: dict[int, float] = {}
         for score_row, idx_row in zip(scores, rows, strict=True):
-            hits = []
-            keep_rows = []
             for score, idx in zip(score_row, idx_row, strict=True):
-                if idx < 0:
-                    continue
-                g = self._rows[int(idx)]
-                hits.append(Hit(g.id, g.text, g.category, g.kind, float(score)))
-                keep_rows.append(int(idx))
-            vecs = self._row_vectors(keep_rows) if config.mmr else None
-            out.append(select_hits(hits, config, vectors=vecs))
+                if idx >= 0 and float(score) > best.get(int(idx), -np.inf):
+                    best[int(idx)] = float(score)
+        ranked = sorted(best.items(), key=lambda kv: -kv[1])[:n_cand]
+        hits = [Hit(g.id, g.text, g.category, g.kind, score)
+                for idx, score in ranked for g in [self._rows[idx]]]
+        vecs = self._row_vectors([idx for idx, _ in ranked]) if config.mmr else None
+        return select_hits(hits, config, vectors=vecs)
+
+    def search_views(self, views: Sequence[Sequence[str]], *, config: SelectConfig | None = None
+                     ) -> list[list[Hit]]:
+        """Selected hits for many queries given as views (see query_views), one encode call."""
+        flat = [text for group in views for text in group]
+        if not flat:
+            return [[] for _ in views]
+        vectors = self.encoder.encode(flat)
+        out: list[list[Hit]] = []
+        start = 0
+        for group in views:
+            n = len(group)
+            out.append(self.select_views(vectors[start : start + n], config=config) if n else [])
+            start += n
         return out
 
     def _row_vectors(self, rows: list[int]) -> np.ndarray:
@@ -98,13 +117,6 @@ class DenseRetriever:
     def search_batch(
         self, queries: Sequence[Query], *, config: SelectConfig | None = None
     ) -> list[list[Hit]]:
-        """Selected hits for many queries, encoded in one batch."""
-        texts = self.texts(queries)
-        results: list[list[Hit]] = [[] for _ in texts]
-        live = [i for i, t in enumerate(texts) if t]
-        if not live:
-            return results
-        vectors = self.encoder.encode([texts[i] for i in live])
-        for i, hits in zip(live, self.search_vectors(vectors, config=config), strict=True):
-            results[i] = hits
-        return results
+        """Selected hits for many texts or conversations, encoded in one batch."""
+        return self.search_views([query_views(q, window=self.window) for q in queries],
+                                 config=config)

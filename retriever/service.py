@@ -14,7 +14,14 @@ from retriever.backends import (
     model_hash,
 )
 from retriever.encoder import base_model_path
-from retriever.index import IndexConfig, IndexError_, build_index, load_index, save_index
+from retriever.index import (
+    MANIFEST_FILE,
+    IndexConfig,
+    IndexError_,
+    build_index,
+    load_index,
+    save_index,
+)
 from retriever.search import DenseRetriever
 from retriever.types import SelectConfig
 
@@ -57,6 +64,19 @@ def backend_encoder(paths: RetrieverPaths, backend: str = DEFAULT_BACKEND, *,
     return ensure_backend_encoder(resolve_encoder(paths), backend, paths.exports_dir, build=build)
 
 
+def previous_index_config(path: Path) -> IndexConfig | None:
+    """The kind and parameters a stale index was built with, so a rebuild keeps them."""
+    import dataclasses
+    import json
+
+    try:
+        params = json.loads((path / MANIFEST_FILE).read_text("utf-8"))["index_params"]
+        known = {f.name for f in dataclasses.fields(IndexConfig)}
+        return IndexConfig(**{k: v for k, v in params.items() if k in known})
+    except Exception:  # no index, or an unreadable one: the default (flat) index
+        return None
+
+
 def open_retriever(
     paths: RetrieverPaths,
     *,
@@ -85,7 +105,7 @@ def open_retriever(
         log.info("building index: %s", exc)
         loaded = build_index(
             library, encoder, encoder_path=str(enc_path), encoder_hash=enc_hash,
-            config=index_config,
+            config=index_config or previous_index_config(paths.index),
         )
         loaded.manifest["encoder_backend"] = backend
         save_index(loaded, paths.index)

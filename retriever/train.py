@@ -170,11 +170,14 @@ def train_retriever(
         dataloader_num_workers=0,
     )
 
-    # 6. trainer
-    trainer = SentenceTransformerTrainer(
-        model=model, args=args, train_dataset=train_dataset, loss=loss,
-    )
-    trainer.train()
+    # 6. trainer (its scratch directory goes whatever happens)
+    try:
+        trainer = SentenceTransformerTrainer(
+            model=model, args=args, train_dataset=train_dataset, loss=loss,
+        )
+        trainer.train()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
     # 7. evaluate
     after = evaluator(model) if evaluator is not None else {}
@@ -204,6 +207,5 @@ def train_retriever(
             "encoder_hash": directory_hash(tmp),
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", "utf-8")
-    shutil.rmtree(work, ignore_errors=True)
     return TrainResult(output=output, before=before, after=after, counts=counts,
                        seconds=time.monotonic() - started)

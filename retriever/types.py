@@ -55,3 +55,7 @@ class Retriever(Protocol):
     def search_batch(
         self, queries: Sequence[Query], *, config: SelectConfig | None = None
     ) -> list[list[Hit]]: ...
+
+    def search_views(
+        self, views: Sequence[Sequence[str]], *, config: SelectConfig | None = None
+    ) -> list[list[Hit]]: ...

@@ -21,7 +21,6 @@ from guideline_lib.inputs import InputItem, input_key
 from guideline_lib.journal import Journal
 from guideline_lib.llm import LLMConfig, LLMUnreachable
 from guideline_lib.render import inject_system, render_guidelines
-from retriever.query import conversation_query
 from retriever.types import SelectConfig
 from tests.fakes.server import free_port
 
@@ -54,7 +53,7 @@ def test_records_hold_exactly_what_the_gateway_would_send(tmp_path, small_retrie
     sent_bodies = {b["messages"][-1]["content"]: b for b in log.bodies}
     for text in texts:
         r = records[text]
-        hits = small_retriever.search(conversation_query(r["messages"]), config=SELECT)
+        hits = small_retriever.search(r["messages"], config=SELECT)  # the gateway's views
         client = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": text}]
         assert r["messages"] == client
         assert r["guideline_ids"] == [h.id for h in hits] and hits
