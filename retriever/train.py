@@ -84,6 +84,12 @@ def training_pairs(library: Library, *, max_pairs: int = 0, seed: int = 13)\
     return anchors, positives, linked
 
 
+def drop_linked_negatives(triplets: Any, linked: dict[str, set[str]]) -> Any:
+    """Mined (anchor, positive, negative) rows without those whose negative is a guideline
+    linked to the same input: for that input it is a positive, never a negative."""
+    return triplets.filter(lambda row: row["negative"] not in linked.get(row["anchor"], ()))
+
+
 def train_retriever(
     library: Library,
     output: Path,
@@ -133,8 +139,7 @@ def train_retriever(
             sampling_strategy="top", output_format="triplet", batch_size=64,
             verbose=show_progress,
         )
-        # A guideline linked to the same input is a positive, never a negative.
-        mined = mined.filter(lambda row: row["negative"] not in linked.get(row["anchor"], ()))
+        mined = drop_linked_negatives(mined, linked)
         n_mined = len(mined)
         train_dataset = mined if n_mined else pairs
     else:

@@ -29,6 +29,21 @@ def test_training_pairs_never_use_linked_guidelines_as_negatives(small_lib):
         assert p in linked[a]
 
 
+def test_mined_negatives_linked_to_the_same_input_are_dropped(small_lib):
+    from datasets import Dataset
+
+    from retriever.train import drop_linked_negatives
+
+    anchors, positives, linked = training_pairs(small_lib)
+    a, p = anchors[0], positives[0]
+    other_linked = next((g for g in linked[a] if g != p), p)
+    unrelated = next(g.text for g in small_lib.guidelines if g.text not in linked[a])
+    mined = Dataset.from_dict({"anchor": [a, a], "positive": [p, p],
+                               "negative": [other_linked, unrelated]})
+    kept = drop_linked_negatives(mined, linked)
+    assert kept["negative"] == [unrelated]
+
+
 def test_training_improves_heldout_metrics(tmp_path):
     lib = subset(load_library(default_library_path()))
     out = tmp_path / "enc"
