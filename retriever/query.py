@@ -42,21 +42,39 @@ def conversation_query(messages: Sequence[dict[str, Any]], *, window: int = 3) -
     return "\n".join(reversed(user_turns[-(window + 1) :]))
 
 
+# The trained encoder reads 64 tokens (about 45 English words) and cuts the rest. A long text
+# is also embedded by its last TAIL_WORDS words, where a request after a long preamble (a
+# role-play or "ignore your rules" wrapper, pasted context) usually sits.
+TAIL_WORDS = 40
+
+
+def _with_tail(views: list[str], text: str) -> None:
+    words = text.split()
+    if len(words) > TAIL_WORDS:
+        views.append(" ".join(words[-TAIL_WORDS:]))
+
+
 def query_views(query: Query, *, window: int = 3) -> tuple[str, ...]:
     """The texts embedded for one query; a guideline's score is its best over them.
 
-    A text is one view. A conversation is two: the windowed query (a request split across turns)
-    and the latest user turn alone (so that long or benign earlier turns cannot dilute a
-    harmful request in the mean-pooled embedding). They are one view when they coincide.
+    A text is one view, plus its tail when it is long. A conversation adds the latest user turn
+    alone (and its tail) to the windowed query, so that a harmful request split across turns is
+    seen, and long or benign earlier turns can neither truncate nor dilute the latest one.
+    Duplicates are dropped.
     """
+    views: list[str] = []
     if isinstance(query, str):
         text = query.strip()
-        return (text,) if text else ()
-    joined = conversation_query(query, window=window)
-    if not joined:
-        return ()
-    latest = conversation_query(query, window=0)
-    return (joined,) if latest == joined else (joined, latest)
+        if text:
+            views.append(text)
+            _with_tail(views, text)
+    else:
+        joined = conversation_query(query, window=window)
+        if joined:
+            latest = conversation_query(query, window=0)
+            views += [joined, latest]
+            _with_tail(views, latest)
+    return tuple(dict.fromkeys(views))
 
 
 def query_text(query: Query, *, window: int = 3) -> str:
