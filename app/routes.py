@@ -21,7 +21,7 @@ from app.errors import (
 )
 from app.gateway import BatchingSearcher, guide, select_config
 from app.protocol import ChatCompletionRequest, GuideAlignOptions, SearchRequest
-from app.upstream import Upstream, relay_sse
+from app.upstream import Upstream, relay_sse, relayed_headers
 from retriever.query import conversation_query
 from retriever.types import SelectConfig
 
@@ -92,16 +92,18 @@ async def chat_completions(request: Request) -> Response:
     auth = request.headers.get("authorization")
     headers = guidance.headers()
     if not parsed.stream:
-        answer = await upstream.chat(body, auth=auth)
+        relayed: dict[str, str] = {}
+        answer = await upstream.chat(body, auth=auth, headers_out=relayed)
         answer["guide_align"] = guidance.body_field()
-        return _json(answer, headers=headers)
+        return _json(answer, headers={**relayed, **headers})
     resp = await upstream.open_stream(body, auth=auth)
     try:
         # relay_sse closes the upstream response when it ends; the background task closes it
         # too if the body is never iterated (closing twice is harmless).
         return StreamingResponse(
             relay_sse(resp), media_type="text/event-stream",
-            headers={**headers, "cache-control": "no-cache", "x-accel-buffering": "no"},
+            headers={**relayed_headers(resp), **headers, "cache-control": "no-cache",
+                     "x-accel-buffering": "no"},
             background=BackgroundTask(resp.aclose),
         )
     except BaseException:

@@ -92,9 +92,7 @@ class Upstream:
                 code=str(resp.status_code),
             )
         scrubbed = orjson.loads(self._scrub(orjson.dumps(body).decode()))
-        relayed = {k: v for k, v in resp.headers.items()
-                   if k.lower() == "retry-after" or k.lower().startswith("x-ratelimit-")}
-        raise UpstreamClientError(resp.status_code, scrubbed, headers=relayed)
+        raise UpstreamClientError(resp.status_code, scrubbed, headers=relayed_headers(resp))
 
     async def get_json(self, path: str, *, auth: str | None = None,
                        timeout: float | None = None) -> Any:
@@ -112,8 +110,9 @@ class Upstream:
         except orjson.JSONDecodeError:
             raise UpstreamError("upstream sent a body that is not valid JSON") from None
 
-    async def chat(self, body: dict[str, Any], *, auth: str | None = None) -> dict[str, Any]:
-        """A non-streaming chat completion."""
+    async def chat(self, body: dict[str, Any], *, auth: str | None = None,
+                   headers_out: dict[str, str] | None = None) -> dict[str, Any]:
+        """A non-streaming chat completion; ``headers_out`` receives the relayed headers."""
         try:
             resp = await self.client.post(
                 "/chat/completions", content=orjson.dumps(body),
@@ -128,6 +127,8 @@ class Upstream:
             raise UpstreamError("upstream sent a body that is not valid JSON") from None
         if not isinstance(data, dict):
             raise UpstreamError("upstream sent JSON that is not an object")
+        if headers_out is not None:
+            headers_out.update(relayed_headers(resp))
         return data
 
     async def open_stream(self, body: dict[str, Any], *, auth: str | None = None)\
@@ -153,6 +154,12 @@ class Upstream:
 # One SSE event (a chunk of one choice) is a few hundred bytes; an upstream that sends more than
 # this without an event separator is broken, and is not buffered without end.
 MAX_EVENT_BYTES = 1 << 20
+
+
+def relayed_headers(resp: httpx.Response) -> dict[str, str]:
+    """The upstream headers a client acts on: rate limits and when to retry."""
+    return {k: v for k, v in resp.headers.items()
+            if k.lower() == "retry-after" or k.lower().startswith("x-ratelimit-")}
 
 
 def sse_error(message: str, type_: str = "upstream_error", code: str = "stream_error") -> bytes:

@@ -262,3 +262,15 @@ def test_stream_null_means_not_streaming(gateway, upstream_log):
         resp = c.post("/v1/chat/completions", json={"messages": USER, "stream": None})
     assert resp.status_code == 200 and resp.json()["object"] == "chat.completion"
     assert upstream_log.bodies[-1]["stream"] is False
+
+
+def test_rate_limit_headers_of_answers_are_relayed_and_nothing_else(gateway):
+    with gateway() as c:
+        plain = c.post("/v1/chat/completions", json={"messages": USER})
+        with c.stream("POST", "/v1/chat/completions",
+                      json={"messages": USER, "stream": True}) as streamed:
+            streamed.read()
+    for resp in (plain, streamed):
+        assert resp.status_code == 200
+        assert resp.headers["x-ratelimit-remaining-requests"] == "41"
+        assert "x-upstream-internal" not in resp.headers

@@ -19,6 +19,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+# Sent with every answer: a client's rate-limit view, plus a header that must not be relayed.
+RATE_HEADERS = {"x-ratelimit-remaining-requests": "41", "x-upstream-internal": "secret-route"}
+
 
 @dataclass
 class UpstreamLog:
@@ -83,7 +86,8 @@ def make_upstream(log: UpstreamLog | None = None, *, chunk_delay: float = 0.3) -
             await asyncio.sleep(30)
         if not body.get("stream"):
             system = next((m["content"] for m in body["messages"] if m["role"] == "system"), "")
-            return JSONResponse(_completion(f"ok ({len(str(system))} chars of system)", model))
+            return JSONResponse(_completion(f"ok ({len(str(system))} chars of system)", model),
+                                headers=RATE_HEADERS)
         n = int(body.get("n_chunks", 5))
 
         async def events():  # type: ignore[no-untyped-def]
@@ -107,7 +111,7 @@ def make_upstream(log: UpstreamLog | None = None, *, chunk_delay: float = 0.3) -
                 log.stream_cancelled = True
                 raise
 
-        return StreamingResponse(events(), media_type="text/event-stream")
+        return StreamingResponse(events(), media_type="text/event-stream", headers=RATE_HEADERS)
 
     async def models(request: Request) -> Response:
         return JSONResponse({"object": "list", "data": [{"id": "fake-model", "object": "model",
