@@ -11,7 +11,13 @@ from typing import Any
 
 from guideline_lib.io import atomic_directory
 from guideline_lib.schema import utc_now
-from retriever.encoder import Encoder, EncoderError, directory_hash, load_encoder
+from retriever.encoder import (
+    Encoder,
+    EncoderError,
+    directory_hash,
+    files_signature,
+    load_encoder,
+)
 
 # Same file name as a trained encoder's manifest, so `service.encoder_hash` reads either.
 MANIFEST = "guide_align_manifest.json"
@@ -157,9 +163,15 @@ def ensure_backend_encoder(source: Path, backend: str, root: Path, *, build: boo
     return export_encoder(source, backend, out)
 
 
-@lru_cache(maxsize=8)
 def load_backend_encoder(path: str, backend: str = DEFAULT_BACKEND) -> Encoder:
-    """Load (once per process) the encoder directory ``path`` with ``backend``."""
+    """Load the encoder directory ``path`` with ``backend``, once per process while its files
+    stay the same."""
+    return _load_backend_cached(path, backend, files_signature(path))
+
+
+@lru_cache(maxsize=8)
+def _load_backend_cached(path: str, backend: str,
+                         signature: tuple[tuple[str, int, int], ...]) -> Encoder:
     found = backend_of(Path(path))
     if found != backend:
         raise EncoderError(f"{path} is a {found} encoder, not {backend}")

@@ -93,9 +93,24 @@ class SentenceTransformerEncoder:
         return np.ascontiguousarray(vecs, dtype=np.float32)
 
 
-@lru_cache(maxsize=4)
+def files_signature(path: Path | str) -> tuple[tuple[str, int, int], ...]:
+    """Names, sizes and modification times of a model directory's files: a cheap cache key
+    that changes when the model is rewritten in place (e.g. retrained into the same path)."""
+    root = Path(path)
+    if not root.is_dir():
+        return ()
+    return tuple(sorted((f.relative_to(root).as_posix(), st.st_size, st.st_mtime_ns)
+                        for f in root.rglob("*") if f.is_file() for st in [f.stat()]))
+
+
 def load_encoder(path: str, backend: str = "torch") -> SentenceTransformerEncoder:
-    """Load (once per process) the encoder at ``path``."""
+    """Load the encoder at ``path``, once per process while its files stay the same."""
+    return _load_encoder_cached(path, backend, files_signature(path))
+
+
+@lru_cache(maxsize=4)
+def _load_encoder_cached(path: str, backend: str,
+                         signature: tuple[tuple[str, int, int], ...]) -> SentenceTransformerEncoder:
     import torch
 
     torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))

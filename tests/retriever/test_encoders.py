@@ -161,3 +161,19 @@ def test_settings_pass_the_backend_through():
     with pytest.raises(ValidationError):
         Settings(encoder_backend="tensorrt")
     assert set(BACKENDS) >= {"torch", "onnx", "onnx-int8", "static"}
+
+
+def test_an_encoder_rewritten_in_place_is_loaded_again(tmp_path):
+    import os
+    import shutil
+
+    from retriever.encoder import base_model_path, load_encoder
+
+    model = tmp_path / "encoder"
+    shutil.copytree(base_model_path(), model)
+    first = load_encoder(str(model))
+    assert load_encoder(str(model)) is first  # cached while the files stay the same
+    config = model / "config.json"
+    stat = config.stat()
+    os.utime(config, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # "retrained"
+    assert load_encoder(str(model)) is not first
