@@ -53,16 +53,10 @@ def _run_gateway(host: str | None, port: int | None, workers: int | None = None)
         uvicorn.run(create_app(settings), **common)
         return
     # Several processes: build what is missing (index, encoder export) once, here, so the
-    # workers only load it; each worker builds its app from the same environment.
+    # workers only load it; each worker builds its app from the same environment (the
+    # command-line overrides are host, port and workers, which only this process uses).
     load_retriever(settings)
-    os.environ.update(_settings_env(settings))
     uvicorn.run("app.main:create_app", factory=True, workers=settings.workers, **common)
-
-
-def _settings_env(settings: Any) -> dict[str, str]:
-    """The command-line overrides, as the environment the worker processes read settings from."""
-    return {"GUIDE_ALIGN_HOST": settings.host, "GUIDE_ALIGN_PORT": str(settings.port),
-            "GUIDE_ALIGN_WORKERS": str(settings.workers)}
 
 
 @app.command()

@@ -115,14 +115,8 @@ class BatchingSearcher:
                     fut.set_result(hits)
 
     def _search_sync(self, items: Sequence[Item]) -> list[list[Hit]]:
-        vectors = self.retriever.encoder.encode([text for views, _, _ in items for text in views])
-        out = []
-        start = 0
-        for views, config, _ in items:
-            out.append(self.retriever.select_views(vectors[start : start + len(views)],
-                                                   config=config))
-            start += len(views)
-        return out
+        return self.retriever.search_views([views for views, _, _ in items],
+                                           configs=[config for _, config, _ in items])
 
 
 def select_config(base: SelectConfig, options: GuideAlignOptions) -> SelectConfig:

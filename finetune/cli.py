@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import subprocess
 from pathlib import Path
@@ -76,13 +75,12 @@ def generate(
         RunError,
         check_run,
         open_journal,
-        read_run_manifest,
         write_run_manifest,
     )
+    from guideline_lib.batch import RunStopped, run_journaled
     from guideline_lib.inputs import InputError, read_inputs
     from guideline_lib.io import LibraryError
-    from guideline_lib.journal import JournalError
-    from guideline_lib.llm import LLMUnreachable, ResponseCache
+    from guideline_lib.llm import ResponseCache
     from retriever.encoder import EncoderError
     from retriever.index import IndexError_
     from retriever.service import RetrieverPaths, open_retriever, resolve_encoder
@@ -118,8 +116,7 @@ def generate(
     lib = retriever.library
     fp = fingerprint(config, llm, library_hash=lib.content_hash(), encoder_hash=enc_info["hash"])
     try:
-        check_run(run, fp)
-        earlier = read_run_manifest(run)
+        earlier = check_run(run, fp)
     except RunError as exc:
         raise _fail(str(exc)) from None
     endpoint = (earlier or {}).get("llm", {}).get("endpoint")
@@ -140,17 +137,12 @@ def generate(
     journal = open_journal(run)
     response_cache = ResponseCache(run / CACHE) if cache else None
     try:
-        result = asyncio.run(execute_generate(items, retriever=retriever, llm=llm,
-                                              journal=journal, config=config,
-                                              cache=response_cache, show_progress=progress))
-    except (LLMUnreachable, JournalError) as exc:
-        raise _fail(f"{exc}\nNothing is lost: rerun the same command to resume.") from None
-    except KeyboardInterrupt:
-        raise _fail("interrupted; rerun the same command to resume", 130) from None
-    finally:
-        journal.close()
-        if response_cache is not None:
-            response_cache.close()
+        result = run_journaled(execute_generate(items, retriever=retriever, llm=llm,
+                                                journal=journal, config=config,
+                                                cache=response_cache, show_progress=progress),
+                               journal=journal, cache=response_cache)
+    except RunStopped as exc:
+        raise _fail(str(exc), exc.exit_code) from None
     n_failed = len(journal.failed_keys())
     counts = {"inputs": len(items), "records": len(journal), "ok": len(journal) - n_failed,
               "failed": n_failed}

@@ -70,14 +70,15 @@ def read_run_manifest(run: Path) -> dict[str, Any] | None:
     return data
 
 
-def check_run(run: Path, fingerprint: str) -> None:
-    """Refuse to add answers made under other settings to an existing run."""
+def check_run(run: Path, fingerprint: str) -> dict[str, Any] | None:
+    """Refuse to add answers made under other settings to an existing run; its manifest."""
     manifest = read_run_manifest(run)
     if manifest is not None and manifest.get("fingerprint") != fingerprint:
         raise RunError(
             f"{run} holds answers made with other settings (model, sampling, library, selection "
             f"or system message; fingerprint {manifest.get('fingerprint')} != {fingerprint}); "
             "use a new run directory")
+    return manifest
 
 
 def write_run_manifest(run: Path, manifest: dict[str, Any]) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -96,3 +96,32 @@ async def run_batch(
         bar.close()
         stats.seconds = time.monotonic() - started
     return stats
+
+
+class RunStopped(Exception):
+    """A journaled run stopped before its end; nothing is lost and the same command resumes."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def run_journaled(main: Coroutine[Any, Any, T], *, journal: Journal, cache: Any = None) -> T:
+    """``asyncio.run(main)`` for a resumable job (library build, finetune generate).
+
+    The journal and the response cache are closed whatever happens. An unreachable LLM, a
+    journal error or Ctrl-C become RunStopped, whose message says how to resume.
+    """
+    from guideline_lib.journal import JournalError
+    from guideline_lib.llm import LLMUnreachable
+
+    try:
+        return asyncio.run(main)
+    except (LLMUnreachable, JournalError) as exc:
+        raise RunStopped(f"{exc}\nNothing is lost: rerun the same command to resume.", 2) from None
+    except KeyboardInterrupt:
+        raise RunStopped("interrupted; rerun the same command to resume", 130) from None
+    finally:
+        journal.close()
+        if cache is not None:
+            cache.close()

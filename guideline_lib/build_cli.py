@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -15,6 +14,7 @@ from rich.markup import escape
 
 from guideline_lib.assemble import AssembleStats, assemble_library
 from guideline_lib.augment import AugmentConfig
+from guideline_lib.batch import RunStopped, run_journaled
 from guideline_lib.build import (
     BuildConfig,
     BuildRun,
@@ -27,8 +27,8 @@ from guideline_lib.categorise import CategoriseConfig
 from guideline_lib.dedup import DedupConfig, Embedder
 from guideline_lib.inputs import InputError, ReadStats, read_inputs
 from guideline_lib.io import LibraryError, load_library, save_library
-from guideline_lib.journal import Journal, JournalError
-from guideline_lib.llm import ClientStats, LLMConfig, LLMUnreachable, ResponseCache
+from guideline_lib.journal import Journal
+from guideline_lib.llm import ClientStats, LLMConfig, ResponseCache
 from guideline_lib.prompting import prompt_version
 from guideline_lib.schema import Library, Manifest, utc_now
 
@@ -178,16 +178,11 @@ def build(
         return
     response_cache = ResponseCache(work / "cache.sqlite") if cache else None
     try:
-        run, calls = asyncio.run(execute_build(items, llm=llm, config=config, journal=journal,
-                                               cache=response_cache, show_progress=progress))
-    except (LLMUnreachable, JournalError) as exc:
-        raise _fail(f"{exc}\nNothing is lost: rerun the same command to resume.") from None
-    except KeyboardInterrupt:
-        raise _fail("interrupted; rerun the same command to resume", 130) from None
-    finally:
-        journal.close()
-        if response_cache is not None:
-            response_cache.close()
+        run, calls = run_journaled(execute_build(items, llm=llm, config=config, journal=journal,
+                                                 cache=response_cache, show_progress=progress),
+                                   journal=journal, cache=response_cache)
+    except RunStopped as exc:
+        raise _fail(str(exc), exc.exit_code) from None
     records = input_records(run.items, journal, config=config, llm=llm)
     manifest = (base.manifest.model_copy(update={"created": utc_now()}) if base
                 else Manifest(name=name or output.name))

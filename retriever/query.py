@@ -75,10 +75,3 @@ def query_views(query: Query, *, window: int = 3) -> tuple[str, ...]:
             views += [joined, latest]
             _with_tail(views, latest)
     return tuple(dict.fromkeys(views))
-
-
-def query_text(query: Query, *, window: int = 3) -> str:
-    """Normalise a text or message-list query to the text that is embedded."""
-    if isinstance(query, str):
-        return query.strip()
-    return conversation_query(query, window=window)

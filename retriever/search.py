@@ -10,7 +10,7 @@ import numpy as np
 from guideline_lib.schema import Guideline, Library
 from retriever.encoder import Encoder
 from retriever.index import IndexError_, LoadedIndex, load_index
-from retriever.query import query_text, query_views
+from retriever.query import query_views
 from retriever.select import select_hits
 from retriever.types import Hit, Query, SelectConfig
 
@@ -61,47 +61,61 @@ class DenseRetriever:
         """Number of indexed guidelines."""
         return len(self._rows)
 
-    def texts(self, queries: Sequence[Query]) -> list[str]:
-        """The text each query embeds as."""
-        return [query_text(q, window=self.window) for q in queries]
+    def _n_candidates(self, config: SelectConfig) -> int:
+        return min(max(config.candidates, config.k), len(self._rows))
 
     def search_vectors(
         self, vectors: np.ndarray, *, config: SelectConfig | None = None
     ) -> list[list[Hit]]:
         """Search already-encoded query vectors (rows, one query each) and apply selection."""
-        return [self.select_views(vectors[i : i + 1], config=config)
+        config = config or self.config
+        scores, rows = self.index.index.search(np.ascontiguousarray(vectors),
+                                               self._n_candidates(config))
+        return [self._select(scores[i : i + 1], rows[i : i + 1], config)
                 for i in range(len(vectors))]
 
     def select_views(self, vectors: np.ndarray, *, config: SelectConfig | None = None
                      ) -> list[Hit]:
-        """Selected hits for ONE query embedded as several views (rows): each candidate keeps
-        its best score over the views, then selection runs once."""
+        """Selected hits for ONE query embedded as several views (rows)."""
         config = config or self.config
-        n_cand = min(max(config.candidates, config.k), len(self._rows))
-        scores, rows = self.index.index.search(np.ascontiguousarray(vectors), n_cand)
+        scores, rows = self.index.index.search(np.ascontiguousarray(vectors),
+                                               self._n_candidates(config))
+        return self._select(scores, rows, config)
+
+    def _select(self, scores: np.ndarray, rows: np.ndarray, config: SelectConfig) -> list[Hit]:
+        """Each candidate keeps its best score over the views (rows), then selection runs once."""
         best: dict[int, float] = {}
         for score_row, idx_row in zip(scores, rows, strict=True):
             for score, idx in zip(score_row, idx_row, strict=True):
                 if idx >= 0 and float(score) > best.get(int(idx), -np.inf):
                     best[int(idx)] = float(score)
-        ranked = sorted(best.items(), key=lambda kv: -kv[1])[:n_cand]
+        ranked = sorted(best.items(), key=lambda kv: -kv[1])[: self._n_candidates(config)]
         hits = [Hit(g.id, g.text, g.category, g.kind, score)
                 for idx, score in ranked for g in [self._rows[idx]]]
         vecs = self._row_vectors([idx for idx, _ in ranked]) if config.mmr else None
         return select_hits(hits, config, vectors=vecs)
 
-    def search_views(self, views: Sequence[Sequence[str]], *, config: SelectConfig | None = None
-                     ) -> list[list[Hit]]:
-        """Selected hits for many queries given as views (see query_views), one encode call."""
+    def search_views(
+        self,
+        views: Sequence[Sequence[str]],
+        *,
+        config: SelectConfig | None = None,
+        configs: Sequence[SelectConfig] | None = None,
+    ) -> list[list[Hit]]:
+        """Selected hits for many queries given as views (see query_views), one encode call.
+
+        ``configs`` gives each query its own selection; otherwise ``config`` serves them all.
+        """
+        per_query = list(configs) if configs is not None else [config or self.config] * len(views)
         flat = [text for group in views for text in group]
         if not flat:
             return [[] for _ in views]
         vectors = self.encoder.encode(flat)
         out: list[list[Hit]] = []
         start = 0
-        for group in views:
+        for group, cfg in zip(views, per_query, strict=True):
             n = len(group)
-            out.append(self.select_views(vectors[start : start + n], config=config) if n else [])
+            out.append(self.select_views(vectors[start : start + n], config=cfg) if n else [])
             start += n
         return out
 

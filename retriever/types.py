@@ -57,5 +57,9 @@ class Retriever(Protocol):
     ) -> list[list[Hit]]: ...
 
     def search_views(
-        self, views: Sequence[Sequence[str]], *, config: SelectConfig | None = None
+        self,
+        views: Sequence[Sequence[str]],
+        *,
+        config: SelectConfig | None = None,
+        configs: Sequence[SelectConfig] | None = None,
     ) -> list[list[Hit]]: ...
