@@ -1,5 +1,6 @@
 # CPU gateway image: serving dependencies only (no training stacks), non-root, healthcheck.
-# The trained encoder and index are built by `guide-align prepare` (in the image or mounted at /app/var).
+# The trained encoder is made by `guide-align prepare` on a machine with the train extra and mounted
+# at /app/var; `serve --no-train` exports its int8 variant and builds the index there if missing.
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -9,8 +10,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     TRANSFORMERS_OFFLINE=1 \
     GUIDE_ALIGN_HOST=0.0.0.0 \
     GUIDE_ALIGN_PORT=8000 \
-    GUIDE_ALIGN_INDEX_PATH=/app/var/index \
-    GUIDE_ALIGN_TRAINED_ENCODER_PATH=/app/var/encoder
+    GUIDE_ALIGN_VAR_DIR=/app/var
 
 WORKDIR /app
 RUN useradd --create-home --uid 10001 guide
@@ -19,6 +19,8 @@ RUN useradd --create-home --uid 10001 guide
 RUN pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu
 COPY pyproject.toml README.md ./
 COPY app ./app
+COPY cli ./cli
+COPY guide ./guide
 COPY guideline_lib ./guideline_lib
 COPY retriever ./retriever
 COPY finetune ./finetune
@@ -29,4 +31,4 @@ USER guide
 EXPOSE 8000
 HEALTHCHECK --interval=15s --timeout=3s --start-period=60s --retries=3 \
     CMD python -c "import urllib.request,sys; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=2).status != 200)"
-CMD ["guide-align", "serve"]
+CMD ["guide-align", "serve", "--no-train"]

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import httpx
 
-from guideline_lib.llm import EmbeddedModelMissing
-from guideline_lib.llm import smollm2_path as _smollm2_path
+from guideline_lib.embedded import SMOLLM2_ALIAS, EmbeddedModelMissing
+from guideline_lib.embedded import smollm2_path as _smollm2_path
 
 
 class LaunchError(Exception):
@@ -45,11 +45,14 @@ def start_llama_server(
         sys.executable, "-m", "llama_cpp.server",
         "--model", str(model), "--host", host, "--port", str(port),
         "--n_ctx", str(n_ctx), "--n_threads", str(threads or max(1, os.cpu_count() or 1)),
-        "--model_alias", "smollm2-135m-instruct",
+        "--model_alias", SMOLLM2_ALIAS,
         *(extra_args or []),
     ]
-    out = open(log_file, "ab") if log_file else subprocess.DEVNULL  # noqa: SIM115
-    return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    if log_file is None:
+        return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    with open(log_file, "ab") as out:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
 
 def wait_until_ready(url: str, *, timeout: float = 120.0,
@@ -71,7 +74,7 @@ def wait_until_ready(url: str, *, timeout: float = 120.0,
     raise LaunchError(f"{url} not ready after {timeout:.0f}s ({last})")
 
 
-def warm_up(base_url: str, *, model: str = "smollm2-135m-instruct",
+def warm_up(base_url: str, *, model: str = SMOLLM2_ALIAS,
             timeout: float = 300.0) -> float:
     """One one-token chat completion, so the first user request does not pay for loading.
 

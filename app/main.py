@@ -3,52 +3,30 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import lru_cache
 
 import anyio.to_thread
 import httpx
 from fastapi import FastAPI
 
-from app.config import Settings, get_settings
+from app.config import Settings
 from app.errors import install_handlers
-from app.gateway import BatchingSearcher
 from app.routes import router
 from app.upstream import Upstream, build_client
+from guide.batching import BatchingGuide
 from retriever.search import DenseRetriever
-from retriever.service import RetrieverPaths, open_retriever
-from retriever.types import SelectConfig
 
 log = logging.getLogger("guide_align")
 
 
-def select_defaults(settings: Settings) -> SelectConfig:
-    """Selection defaults from settings."""
-    return SelectConfig(
-        k=settings.k,
-        min_score=settings.min_score,
-        dedup_threshold=settings.dedup_threshold,
-        candidates=settings.candidates,
-        safety_margin=settings.safety_margin,
-    )
-
-
-def retriever_paths(settings: Settings) -> RetrieverPaths:
-    """Where the configured library, encoder, exports and index live."""
-    return RetrieverPaths(
-        library=settings.library_path,
-        index=settings.index_path,
-        encoder=settings.encoder_path,
-        trained_encoder=settings.trained_encoder_path,
-    )
-
-
-def load_retriever(settings: Settings) -> DenseRetriever:
-    """Open the configured library, encoder backend and index (building what is allowed)."""
-    return open_retriever(
-        retriever_paths(settings), config=select_defaults(settings), window=settings.window,
-        build_missing=settings.build_missing_index, backend=settings.encoder_backend,
-    )
+@lru_cache
+def get_settings() -> Settings:
+    """The process settings, read once: ``GUIDE_ALIGN_*`` variables, then the TOML file named
+    by ``GUIDE_ALIGN_CONFIG``."""
+    return Settings.load(os.environ.get("GUIDE_ALIGN_CONFIG") or None)
 
 
 def create_app(
@@ -57,28 +35,30 @@ def create_app(
     retriever: DenseRetriever | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
 ) -> FastAPI:
-    """Build the gateway. ``retriever`` and ``transport`` are seams for tests and embedding."""
+    """Build the gateway over prepared artifacts (`guide-align prepare` makes them).
+
+    ``retriever`` and ``transport`` are seams for tests and embedding.
+    """
     settings = settings or get_settings()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # models load from local paths only
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        if retriever is not None:
-            loaded = retriever
-        else:
-            loaded = await anyio.to_thread.run_sync(load_retriever, settings)
-        searcher = BatchingSearcher(loaded, max_batch=settings.max_batch)
-        searcher.start()
+        loaded = (retriever if retriever is not None
+                  else await anyio.to_thread.run_sync(settings.open_retriever))
+        guider = BatchingGuide(loaded, max_batch=settings.max_batch)
+        guider.start()
         async with build_client(settings, transport) as client:
             app.state.settings = settings
             app.state.upstream = Upstream(client, settings)
-            app.state.searcher = searcher
-            app.state.select = select_defaults(settings)
+            app.state.guide = guider
+            app.state.policy = settings.policy()
             log.info("guide-align ready: %d guidelines, upstream %s",
                      loaded.size, settings.upstream_base_url)
             try:
                 yield
             finally:
-                await searcher.stop()
+                await guider.stop()
 
     app = FastAPI(title="Guide-Align gateway", version="0.1.0", lifespan=lifespan)
     install_handlers(app)

@@ -6,16 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-
-class GuideAlignOptions(BaseModel):
-    """Per-request options, sent in the namespaced ``guide_align`` body field."""
-
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-    enabled: bool = True
-    k: int | None = Field(None, ge=0, le=50)
-    min_score: float | None = Field(None, ge=-1.0, le=1.0)
-    safety_margin: float | None = Field(None, ge=-1.0, le=1.0)
+from guide.options import K_MAX, GuideOptions
 
 
 class ChatMessage(BaseModel):
@@ -35,14 +26,22 @@ class ChatCompletionRequest(BaseModel):
     model: str | None = None
     messages: list[ChatMessage]
     stream: bool | None = False  # null means false, as in OpenAI's API
-    guide_align: GuideAlignOptions = Field(default_factory=GuideAlignOptions)
+    guide_align: GuideOptions | None = None
 
 
 class SearchRequest(BaseModel):
-    """Body of POST /v1/guidelines/search."""
+    """Body of POST /v1/guidelines/search: what a chat request with the same messages (or one
+    user turn of ``input`` text) would get. ``k`` and ``min_score`` are guide options too."""
 
     model_config = ConfigDict(extra="forbid")
 
     input: str | list[ChatMessage]
-    k: int | None = Field(None, ge=0, le=100)
+    k: int | None = Field(None, ge=0, le=K_MAX)
     min_score: float | None = Field(None, ge=-1.0, le=1.0)
+    guide_align: GuideOptions | None = None
+
+    def options(self) -> GuideOptions:
+        """The top-level ``k`` / ``min_score`` folded into the ``guide_align`` options."""
+        opts = self.guide_align or GuideOptions()
+        top = {n: v for n, v in (("k", self.k), ("min_score", self.min_score)) if v is not None}
+        return opts.model_copy(update=top) if top else opts

@@ -19,11 +19,12 @@ from app.errors import (
     UnprocessableEntity,
     UpstreamClientError,
 )
-from app.gateway import BatchingSearcher, guide, select_config
-from app.protocol import ChatCompletionRequest, GuideAlignOptions, SearchRequest
+from app.gateway import guidance_headers
+from app.protocol import ChatCompletionRequest, SearchRequest
 from app.upstream import Upstream, relay_sse, relayed_headers
-from retriever.query import conversation_query
-from retriever.types import SelectConfig
+from guide.batching import BatchingGuide
+from guide.options import Applied, GuideOptions, apply_options
+from guide.step import Guidance, latest_user_text
 
 router = APIRouter()
 M = TypeVar("M", bound=BaseModel)
@@ -66,31 +67,37 @@ def _parse(model: type[M], data: Any) -> M:
         raise UnprocessableEntity(f"{loc}: {err['msg']}", param=loc) from None
 
 
-def _state(request: Request) -> tuple[Settings, Upstream, BatchingSearcher, SelectConfig]:
+def _state(request: Request) -> tuple[Settings, Upstream, BatchingGuide]:
     st = request.app.state
-    if getattr(st, "searcher", None) is None:
+    if getattr(st, "guide", None) is None:
         raise NotReady("the retriever is not loaded")
-    return st.settings, st.upstream, st.searcher, st.select
+    return st.settings, st.upstream, st.guide
+
+
+async def _guide(request: Request, messages: list[dict[str, Any]],
+                 options: GuideOptions | None) -> Guidance:
+    """The guide step for one request: the deployment policy, tightened by its options."""
+    settings, _, guider = _state(request)
+    applied: Applied = apply_options(request.app.state.policy, options,
+                                     allow_loosen=settings.allow_loosen)
+    return await guider.guide(messages, applied)
 
 
 @router.post("/v1/chat/completions")
 async def chat_completions(request: Request) -> Response:
     """OpenAI chat completions with retrieved guidelines injected."""
-    settings, upstream, searcher, base = _state(request)
+    settings, upstream, _ = _state(request)
     data = await _read_json(request, settings.max_body_bytes)
     if isinstance(data, dict) and isinstance(data.get("messages"), list) and not data["messages"]:
         raise BadRequest("messages must contain at least one message", param="messages")
     parsed = _parse(ChatCompletionRequest, data)
-    guidance = await guide(
-        searcher, data["messages"], options=parsed.guide_align, base=base,
-        window=settings.window,
-    )
+    guidance = await _guide(request, data["messages"], parsed.guide_align)
     body = {k: v for k, v in data.items() if k != "guide_align"}
     body["messages"] = guidance.messages
     if "stream" in body:
         body["stream"] = bool(parsed.stream)  # null (or a lax "true") as the upstream expects
     auth = request.headers.get("authorization")
-    headers = guidance.headers()
+    headers = guidance_headers(guidance)
     if not parsed.stream:
         relayed: dict[str, str] = {}
         answer = await upstream.chat(body, auth=auth, headers_out=relayed)
@@ -113,18 +120,19 @@ async def chat_completions(request: Request) -> Response:
 
 @router.post("/v1/guidelines/search")
 async def search_guidelines(request: Request) -> Response:
-    """Retrieval only: the ranked guidelines for a text or a conversation, no LLM call."""
-    settings, _, searcher, base = _state(request)
+    """The guidelines a chat request with these messages would get, with scores; no LLM call."""
+    settings, _, _ = _state(request)
     parsed = _parse(SearchRequest, await _read_json(request, settings.max_body_bytes))
-    if isinstance(parsed.input, str):
-        text = parsed.input.strip()
-    else:
-        text = conversation_query([m.model_dump() for m in parsed.input], window=settings.window)
-    if not text:
-        raise BadRequest("input has no text to search for", param="input")
-    config = select_config(base, GuideAlignOptions(k=parsed.k, min_score=parsed.min_score))
-    hits = await searcher.search(text, config)
-    return _json({"object": "list", "query": text, "data": [h.as_dict() for h in hits]})
+    messages = ([{"role": "user", "content": parsed.input}] if isinstance(parsed.input, str)
+                else [m.model_dump() for m in parsed.input])
+    if not latest_user_text(messages):
+        raise BadRequest("input has no user text to search for", param="input")
+    guidance = await _guide(request, messages, parsed.options())
+    body: dict[str, Any] = {"object": "list", "query": list(guidance.views),
+                            "data": [h.as_dict() for h in guidance.hits]}
+    if guidance.ignored:
+        body["ignored"] = list(guidance.ignored)
+    return _json(body, headers=guidance_headers(guidance))
 
 
 @router.get("/v1/models")
@@ -144,7 +152,7 @@ async def healthz() -> Response:
 async def readyz(request: Request) -> Response:
     """Ready when the index is loaded and the upstream answers."""
     st = request.app.state
-    checks: dict[str, Any] = {"index": getattr(st, "searcher", None) is not None}
+    checks: dict[str, Any] = {"index": getattr(st, "guide", None) is not None}
     try:
         await st.upstream.get_json("/models", timeout=st.settings.ready_timeout)
         checks["upstream"] = True
@@ -158,6 +166,6 @@ async def readyz(request: Request) -> Response:
         checks["upstream_error"] = exc.message
     ok = checks["index"] and checks["upstream"]
     if ok:
-        checks["guidelines"] = st.searcher.retriever.size
+        checks["guidelines"] = st.guide.retriever.size
     return _json({"status": "ready" if ok else "not_ready", "checks": checks},
                  status=200 if ok else 503)

@@ -235,7 +235,7 @@ def main() -> None:
     if not args.data.exists():
         console.print(f"{args.data} not found: nothing to measure (skipped)")
         return
-    from retriever.encoder import base_model_path
+    from guideline_lib.embedded import base_model_path
 
     library = load_library(args.library)
     sets = load_sets(args.data, alpaca_max=args.alpaca_max)

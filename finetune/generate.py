@@ -1,4 +1,4 @@
-"""Guided answers: retrieve guidelines per input, inject them as the gateway does, ask the LLM."""
+"""Guided answers: the gateway's guide step per input, then the LLM; a resumable run directory."""
 
 from __future__ import annotations
 
@@ -8,12 +8,15 @@ import json
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
-from guideline_lib.batch import BatchStats, run_batch
+from finetune.io import CACHE, check_run, open_journal, write_run_manifest
+from guide.options import Policy
+from guide.step import guide
+from guideline_lib.batch import BatchStats, run_batch, run_journaled
 from guideline_lib.inputs import InputItem
 from guideline_lib.journal import Journal
 from guideline_lib.llm import (
@@ -23,19 +26,18 @@ from guideline_lib.llm import (
     LLMError,
     LLMUnreachable,
     ResponseCache,
+    public_url,
 )
-from guideline_lib.render import PREAMBLE, inject_system, render_guidelines
+from guideline_lib.render import PREAMBLE
 from guideline_lib.schema import utc_now
-from retriever.query import query_views
-from retriever.types import Retriever, SelectConfig
+from retriever.search import DenseRetriever
 
 
 @dataclass(frozen=True)
 class GenerateConfig:
-    """How guided answers are made: selection as in the gateway, and the client's system text."""
+    """How guided answers are made: the gateway's policy, and the client's system text."""
 
-    select: SelectConfig = field(default_factory=SelectConfig)
-    window: int = 3
+    policy: Policy = field(default_factory=Policy)
     system: str | None = None  # the client's own system message, sent (and exported) as is
     retry_failed: bool = False
 
@@ -53,7 +55,8 @@ def fingerprint(config: GenerateConfig, llm: LLMConfig, *, library_hash: str,
     """Short hash of everything that shapes a guided answer; a run directory keeps one."""
     payload = {
         "model": llm.model, "temperature": llm.temperature, "max_tokens": llm.max_tokens,
-        "select": asdict(config.select), "window": config.window, "system": config.system,
+        "select": asdict(config.policy.select), "window": config.policy.window,
+        "guidance": config.policy.enabled, "system": config.system,
         "library": library_hash, "encoder": encoder_hash, "preamble": PREAMBLE,
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
@@ -71,7 +74,7 @@ def client_messages(item: InputItem, *, system: str | None) -> list[dict[str, An
 class GuidedAnswerer:
     """Retrieves, injects and asks for one input at a time; safe to share between lanes."""
 
-    def __init__(self, retriever: Retriever, client: LLMClient, config: GenerateConfig):
+    def __init__(self, retriever: DenseRetriever, client: LLMClient, config: GenerateConfig):
         self.retriever = retriever
         self.client = client
         self.config = config
@@ -82,13 +85,11 @@ class GuidedAnswerer:
         """The journal record for ``item``: what was sent, what came back, and timings."""
         started = time.monotonic()
         messages = client_messages(item, system=self.config.system)
-        # The gateway's query: the same views, the same selection (app.gateway.guide).
-        views = query_views(messages, window=self.config.window)
-        async with self._search_lock:
-            hits = (await asyncio.to_thread(self.retriever.search_views, [views],
-                                            config=self.config.select))[0]
+        async with self._search_lock:  # the gateway's guide step, word for word
+            guidance = await asyncio.to_thread(guide, messages, self.retriever,
+                                               self.config.policy)
         retrieval_s = time.monotonic() - started
-        sent = inject_system(messages, render_guidelines(hits))
+        hits, sent = guidance.hits, guidance.messages
         record: dict[str, Any] = {
             "input": item.text,
             "source": f"{item.source}:{item.line}",
@@ -121,7 +122,7 @@ class GuidedAnswerer:
 async def generate_answers(
     items: Sequence[InputItem],
     *,
-    retriever: Retriever,
+    retriever: DenseRetriever,
     client: LLMClient,
     journal: Journal,
     config: GenerateConfig,
@@ -147,7 +148,7 @@ def pending(items: Sequence[InputItem], journal: Journal, *, retry_failed: bool)
 async def execute_generate(
     items: Sequence[InputItem],
     *,
-    retriever: Retriever,
+    retriever: DenseRetriever,
     llm: LLMConfig,
     journal: Journal,
     config: GenerateConfig,
@@ -165,13 +166,6 @@ async def execute_generate(
         return GenerateRun(stats=stats, calls=client.stats)
 
 
-def public_url(url: str) -> str:
-    """The endpoint without credentials or query, for manifests."""
-    parts = urlsplit(url)
-    netloc = (parts.hostname or "") + (f":{parts.port}" if parts.port else "")
-    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
-
-
 def run_manifest(
     *, fingerprint: str, library: dict[str, Any], encoder: dict[str, Any], llm: LLMConfig,
     config: GenerateConfig, inputs: Sequence[str], read: dict[str, Any],
@@ -186,11 +180,72 @@ def run_manifest(
         "encoder": encoder,
         "llm": {"model": llm.model, "endpoint": public_url(llm.base_url),
                 "temperature": llm.temperature, "max_tokens": llm.max_tokens},
-        "select": asdict(config.select),
-        "window": config.window,
+        "select": asdict(config.policy.select),
+        "window": config.policy.window,
+        "guidance": config.policy.enabled,
         "system": config.system,
         "preamble": PREAMBLE,
         "inputs": list(inputs),
         "read": read,
         "counts": counts or {},
     }
+
+
+@dataclass(frozen=True)
+class GenerateResult:
+    """What ``generate_run`` did, its run directory's counts, and anything worth saying."""
+
+    run: GenerateRun
+    counts: dict[str, int]
+    notes: list[str]
+
+
+def generate_run(
+    items: Sequence[InputItem],
+    run_dir: Path,
+    *,
+    retriever: DenseRetriever,
+    encoder_info: dict[str, Any],
+    llm: LLMConfig,
+    config: GenerateConfig,
+    inputs: Sequence[str] = (),
+    read: dict[str, Any] | None = None,
+    cache: bool = True,
+    show_progress: bool = True,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> GenerateResult:
+    """Guided answers for ``items`` into ``run_dir`` (journal, cache, run.json); resumable.
+
+    Raises ``finetune.io.RunError`` when the directory belongs to another configuration and
+    ``guideline_lib.batch.RunStopped`` when the run stopped (rerun to resume).
+    """
+    lib = retriever.library
+    fp = fingerprint(config, llm, library_hash=lib.content_hash(),
+                     encoder_hash=str(encoder_info.get("hash", "")))
+    earlier = check_run(run_dir, fp)
+    notes = []
+    endpoint = (earlier or {}).get("llm", {}).get("endpoint")
+    if endpoint and endpoint != public_url(llm.base_url):
+        # Not refused (a local server's port may change between sessions), but said out loud.
+        notes.append(f"this run was started against {endpoint}; continuing against "
+                     f"{public_url(llm.base_url)}. If that is another model, use a new run "
+                     "directory.")
+    lib_info = {"name": lib.manifest.name, "version": lib.manifest.version,
+                "content_hash": lib.content_hash()}
+
+    def manifest(counts: dict[str, int] | None = None) -> dict[str, Any]:
+        return run_manifest(fingerprint=fp, library=lib_info, encoder=encoder_info, llm=llm,
+                            config=config, inputs=inputs, read=read or {}, counts=counts)
+
+    write_run_manifest(run_dir, manifest())
+    journal = open_journal(run_dir)
+    response_cache = ResponseCache(run_dir / CACHE) if cache else None
+    result = run_journaled(execute_generate(items, retriever=retriever, llm=llm, journal=journal,
+                                            config=config, cache=response_cache,
+                                            show_progress=show_progress, transport=transport),
+                           journal=journal, cache=response_cache)
+    n_failed = len(journal.failed_keys())
+    counts = {"inputs": len(items), "records": len(journal), "ok": len(journal) - n_failed,
+              "failed": n_failed}
+    write_run_manifest(run_dir, manifest(counts))
+    return GenerateResult(run=result, counts=counts, notes=notes)

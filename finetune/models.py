@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-MANIFEST = "manifest.json"  # of a directory written by `finetune train`
+from guideline_lib.io import MANIFEST
+
 MERGED = "merged"
 ADAPTER = "adapter"
 GGUF_FILE = "model.gguf"
@@ -54,8 +55,6 @@ def load_model(path: Path | str, *, dtype: str = "float32") -> LoadedModel:
 
     A tuned directory loads its merged model. The tokenizer must carry a chat template.
     """
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging

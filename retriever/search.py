@@ -3,84 +3,62 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 
 from guideline_lib.schema import Guideline, Library
 from retriever.encoder import Encoder
-from retriever.index import IndexError_, LoadedIndex, load_index
-from retriever.query import query_views
+from retriever.index import IndexLoadError, LoadedIndex
 from retriever.select import select_hits
-from retriever.types import Hit, Query, SelectConfig
+from retriever.types import Hit, SelectConfig
 
 
 class DenseRetriever:
-    """The library's guidelines behind an encoder and a FAISS index."""
+    """The library's guidelines behind an encoder and a FAISS index.
 
-    def __init__(
-        self,
-        library: Library,
-        encoder: Encoder,
-        index: LoadedIndex,
-        *,
-        config: SelectConfig | None = None,
-        window: int = 3,
-    ):
+    A query is given as its views (the texts embedded for it; see ``retriever.query``): each
+    guideline keeps its best score over the views, then selection runs once.
+    """
+
+    def __init__(self, library: Library, encoder: Encoder, index: LoadedIndex):
         by_id = library.by_id()
         missing = [i for i in index.ids if i not in by_id]
         if missing:
-            raise IndexError_(f"index refers to {len(missing)} ids missing from the library")
+            raise IndexLoadError(f"index refers to {len(missing)} ids missing from the library")
         self.library = library
         self.encoder = encoder
         self.index = index
-        self.config = config or SelectConfig()
-        self.window = window
         self._rows: list[Guideline] = [by_id[i] for i in index.ids]
         self._vectors: np.ndarray | None = None
-
-    @classmethod
-    def from_paths(
-        cls,
-        library: Library,
-        encoder: Encoder,
-        index_path: Path | str,
-        *,
-        encoder_hash: str | None,
-        config: SelectConfig | None = None,
-        window: int = 3,
-    ) -> DenseRetriever:
-        """Load a saved index, checking it against the library and encoder hashes."""
-        loaded = load_index(
-            index_path, library_hash=library.content_hash(), encoder_hash=encoder_hash
-        )
-        return cls(library, encoder, loaded, config=config, window=window)
 
     @property
     def size(self) -> int:
         """Number of indexed guidelines."""
         return len(self._rows)
 
+    def search(self, views: Sequence[str], config: SelectConfig) -> list[Hit]:
+        """Selected hits for one query given as its views."""
+        return self.search_batch([views], [config])[0]
+
+    def search_batch(self, views: Sequence[Sequence[str]],
+                     configs: Sequence[SelectConfig]) -> list[list[Hit]]:
+        """Selected hits for many queries (views each, own selection each), one encoder call."""
+        flat = [text for group in views for text in group]
+        if not flat:
+            return [[] for _ in views]
+        vectors = self.encoder.encode(flat)
+        n_candidates = max(self._n_candidates(c) for c in configs)
+        scores, rows = self.index.index.search(np.ascontiguousarray(vectors), n_candidates)
+        out: list[list[Hit]] = []
+        start = 0
+        for group, config in zip(views, configs, strict=True):
+            end = start + len(group)
+            out.append(self._select(scores[start:end], rows[start:end], config) if group else [])
+            start = end
+        return out
+
     def _n_candidates(self, config: SelectConfig) -> int:
         return min(max(config.candidates, config.k), len(self._rows))
-
-    def search_vectors(
-        self, vectors: np.ndarray, *, config: SelectConfig | None = None
-    ) -> list[list[Hit]]:
-        """Search already-encoded query vectors (rows, one query each) and apply selection."""
-        config = config or self.config
-        scores, rows = self.index.index.search(np.ascontiguousarray(vectors),
-                                               self._n_candidates(config))
-        return [self._select(scores[i : i + 1], rows[i : i + 1], config)
-                for i in range(len(vectors))]
-
-    def select_views(self, vectors: np.ndarray, *, config: SelectConfig | None = None
-                     ) -> list[Hit]:
-        """Selected hits for ONE query embedded as several views (rows)."""
-        config = config or self.config
-        scores, rows = self.index.index.search(np.ascontiguousarray(vectors),
-                                               self._n_candidates(config))
-        return self._select(scores, rows, config)
 
     def _select(self, scores: np.ndarray, rows: np.ndarray, config: SelectConfig) -> list[Hit]:
         """Each candidate keeps its best score over the views (rows), then selection runs once."""
@@ -95,42 +73,7 @@ class DenseRetriever:
         vecs = self._row_vectors([idx for idx, _ in ranked]) if config.mmr else None
         return select_hits(hits, config, vectors=vecs)
 
-    def search_views(
-        self,
-        views: Sequence[Sequence[str]],
-        *,
-        config: SelectConfig | None = None,
-        configs: Sequence[SelectConfig] | None = None,
-    ) -> list[list[Hit]]:
-        """Selected hits for many queries given as views (see query_views), one encode call.
-
-        ``configs`` gives each query its own selection; otherwise ``config`` serves them all.
-        """
-        per_query = list(configs) if configs is not None else [config or self.config] * len(views)
-        flat = [text for group in views for text in group]
-        if not flat:
-            return [[] for _ in views]
-        vectors = self.encoder.encode(flat)
-        out: list[list[Hit]] = []
-        start = 0
-        for group, cfg in zip(views, per_query, strict=True):
-            n = len(group)
-            out.append(self.select_views(vectors[start : start + n], config=cfg) if n else [])
-            start += n
-        return out
-
     def _row_vectors(self, rows: list[int]) -> np.ndarray:
         if self._vectors is None:
             self._vectors = self.encoder.encode([g.text for g in self._rows])
         return self._vectors[rows]
-
-    def search(self, query: Query, *, config: SelectConfig | None = None) -> list[Hit]:
-        """Selected hits for one text or conversation."""
-        return self.search_batch([query], config=config)[0]
-
-    def search_batch(
-        self, queries: Sequence[Query], *, config: SelectConfig | None = None
-    ) -> list[list[Hit]]:
-        """Selected hits for many texts or conversations, encoded in one batch."""
-        return self.search_views([query_views(q, window=self.window) for q in queries],
-                                 config=config)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,7 +61,6 @@ def distill_static(source: Path | str, out_dir: Path, *,
                    config: StaticExportConfig | None = None) -> dict[str, Any]:
     """Distil the transformer at ``source`` into a static model saved in ``out_dir``."""
     config = config or StaticExportConfig()
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
         from model2vec.distill import distill
     except ImportError as exc:

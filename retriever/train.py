@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import random
 import shutil
 import tempfile
@@ -13,14 +11,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from guideline_lib.embedded import base_model_path
 from guideline_lib.io import atomic_directory
-from guideline_lib.schema import Library, utc_now
-from retriever.encoder import base_model_path, directory_hash
+from guideline_lib.schema import Library
+from retriever.backends import SOURCE_BACKEND, write_manifest
 from retriever.evaluate import ir_evaluator
 
 log = logging.getLogger(__name__)
 
-MANIFEST = "guide_align_manifest.json"
 
 
 @dataclass(frozen=True)
@@ -98,8 +96,6 @@ def train_retriever(
     show_progress: bool = True,
 ) -> TrainResult:
     """Numbered steps: model, data (+hard negatives), loss, evaluator, arguments, trainer, save."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     from datasets import Dataset
     from sentence_transformers import (
         SentenceTransformer,
@@ -198,19 +194,17 @@ def train_retriever(
     }
     with atomic_directory(output) as tmp:
         model.save(str(tmp))
-        manifest = {
-            "created": utc_now(),
-            "base_model": str(base),
-            "library_name": library.manifest.name,
-            "library_version": library.manifest.version,
-            "library_hash": library.content_hash(),
-            "config": asdict(config),
-            "counts": counts,
-            "metrics_before": before,
-            "metrics_after": after,
-            "seconds": round(time.monotonic() - started, 1),
-            "encoder_hash": directory_hash(tmp),
-        }
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", "utf-8")
+        write_manifest(
+            tmp, kind="trained", backend=SOURCE_BACKEND,
+            base_model=str(base),
+            library_name=library.manifest.name,
+            library_version=library.manifest.version,
+            library_hash=library.content_hash(),
+            config=asdict(config),
+            counts=counts,
+            metrics_before=before,
+            metrics_after=after,
+            seconds=round(time.monotonic() - started, 1),
+        )
     return TrainResult(output=output, before=before, after=after, counts=counts,
                        seconds=time.monotonic() - started)

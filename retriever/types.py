@@ -35,8 +35,10 @@ class Hit:
 class SelectConfig:
     """How raw hits become the guidelines a request gets."""
 
+    # The serving defaults, chosen on the DEV halves of bench/retrieval_quality.py; the workspace
+    # takes its defaults from here.
     k: int = 6
-    min_score: float = 0.35
+    min_score: float = 0.4
     dedup_threshold: float = 0.5
     candidates: int = 24
     mmr: bool = False
@@ -44,22 +46,13 @@ class SelectConfig:
     # Safety guidelines are kept only when the best safety candidate outscores the best quality
     # candidate by at least this margin (None: off). Benign prompts with alarming words tend to
     # match safety guidelines weakly and quality guidelines strongly; this keeps them quality-only.
-    safety_margin: float | None = None
+    safety_margin: float | None = 0.05
 
 
 class Retriever(Protocol):
-    """Ranks library guidelines for a query; the gateway and finetune depend only on this."""
+    """Ranks library guidelines for queries given as views; the guide step depends on this."""
 
-    def search(self, query: Query, *, config: SelectConfig | None = None) -> list[Hit]: ...
+    def search(self, views: Sequence[str], config: SelectConfig) -> list[Hit]: ...
 
-    def search_batch(
-        self, queries: Sequence[Query], *, config: SelectConfig | None = None
-    ) -> list[list[Hit]]: ...
-
-    def search_views(
-        self,
-        views: Sequence[Sequence[str]],
-        *,
-        config: SelectConfig | None = None,
-        configs: Sequence[SelectConfig] | None = None,
-    ) -> list[list[Hit]]: ...
+    def search_batch(self, views: Sequence[Sequence[str]],
+                     configs: Sequence[SelectConfig]) -> list[list[Hit]]: ...

@@ -81,21 +81,21 @@ def small_lib() -> Library:
 
 @pytest.fixture(scope="session")
 def encoder():  # type: ignore[no-untyped-def]
-    from retriever.encoder import base_model_path, load_encoder
+    from guideline_lib.embedded import base_model_path
+    from retriever.encoder import load_encoder
 
     return load_encoder(str(base_model_path()))
 
 
 @pytest.fixture(scope="session")
 def small_retriever(small_lib, encoder):  # type: ignore[no-untyped-def]
-    from retriever.encoder import base_model_path
+    from guideline_lib.embedded import base_model_path
     from retriever.index import build_index
     from retriever.search import DenseRetriever
-    from retriever.types import SelectConfig
 
     loaded = build_index(small_lib, encoder, encoder_path=str(base_model_path()),
                          encoder_hash="test-hash")
-    return DenseRetriever(small_lib, encoder, loaded, config=SelectConfig(k=6, min_score=0.2))
+    return DenseRetriever(small_lib, encoder, loaded)
 
 
 @pytest.fixture(scope="session")

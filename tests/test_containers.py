@@ -18,7 +18,7 @@ def test_dockerfile_is_cpu_serving_non_root_with_healthcheck():
     user = re.findall(r"^USER (\S+)", text, re.M)
     assert user and user[-1] not in ("root", "0")
     assert "HEALTHCHECK" in text and "/healthz" in text
-    assert re.search(r'^CMD \["guide-align", "serve"\]', text, re.M)
+    assert re.search(r'^CMD \["guide-align", "serve"', text, re.M)
     for copied in re.findall(r"^COPY (\S+)", text, re.M):
         assert (ROOT / copied).exists(), copied
 

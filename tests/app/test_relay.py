@@ -11,9 +11,10 @@ import httpx
 from starlette.testclient import TestClient
 
 from app.config import Settings
-from app.gateway import Guidance, header_token
+from app.gateway import guidance_headers, header_token
 from app.main import create_app
 from app.upstream import relay_sse
+from guide.step import Guidance
 from retriever.types import Hit
 
 CHUNK = b'data: {"choices": [{"delta": {"content": "hi"}}]}'
@@ -61,7 +62,7 @@ def test_a_compressed_stream_is_decoded():
 def test_header_values_stay_latin1_for_any_category_name():
     hits = [Hit(id="g_1", text="t", category="安全", kind="safety", score=0.9),
             Hit(id="g_2", text="t", category="quality_coding", kind="quality", score=0.8)]
-    headers = Guidance(hits=hits, messages=[]).headers()
+    headers = guidance_headers(Guidance(hits=hits, messages=[]))
     for value in headers.values():
         value.encode("latin-1")
     assert headers["x-guide-align-categories"].endswith(",quality_coding")

@@ -57,7 +57,7 @@ def test_truncation_keeps_the_start(tokenizer):
 def test_a_tokenizer_without_chat_template_is_an_error():
     from transformers import AutoTokenizer
 
-    from retriever.encoder import base_model_path
+    from guideline_lib.embedded import base_model_path
 
     tok = AutoTokenizer.from_pretrained(str(base_model_path()))
     tok.chat_template = None

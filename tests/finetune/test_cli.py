@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 from typer.testing import CliRunner
 
-from app.cli import app
+from cli.main import app
 from guideline_lib.render import PREAMBLE
 from tests.fakes.server import free_port
 
@@ -31,7 +31,7 @@ def invoke(*args: str) -> str:
 
 def test_generate_export_train_evaluate_serve(tmp_path, library_dir, scripted, tiny_base,
                                               smol_gguf):
-    from retriever.encoder import base_model_path
+    from guideline_lib.embedded import base_model_path
 
     url, _ = scripted
     inputs = tmp_path / "inputs.txt"

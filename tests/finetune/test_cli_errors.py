@@ -7,7 +7,7 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from app.cli import app
+from cli.main import app
 from tests.fakes.server import free_port
 from tests.fakes.sft_records import record
 
@@ -121,7 +121,7 @@ def test_evaluate_with_unreadable_inputs_is_a_clear_error(tmp_path, scripted):
 
 def test_generate_says_when_a_run_continues_against_another_endpoint(tmp_path, library_dir,
                                                                       scripted):
-    from retriever.encoder import base_model_path
+    from guideline_lib.embedded import base_model_path
 
     url, _ = scripted
     inputs = tmp_path / "inputs.txt"
@@ -153,7 +153,7 @@ def test_generate_with_a_missing_library_is_a_clear_error(tmp_path, scripted):
 
 def test_evaluate_compares_against_the_base_the_tuned_model_came_from(tmp_path, tiny_base,
                                                                       smol_gguf):
-    from finetune.cli import _base_of
+    from cli.finetune import _base_of
 
     tuned = tmp_path / "tuned"
     tuned.mkdir()

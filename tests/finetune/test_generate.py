@@ -112,7 +112,7 @@ def _cli(args: list[str], **kw: Any) -> subprocess.Popen[bytes]:
 
 
 def test_resume_after_kill_loses_and_repeats_nothing(tmp_path, library_dir, scripted):
-    from retriever.encoder import base_model_path
+    from guideline_lib.embedded import base_model_path
 
     url, log = scripted
     texts = [f"question number {n} about sorting lists in python" for n in range(24)]
@@ -152,8 +152,8 @@ def test_resume_after_kill_loses_and_repeats_nothing(tmp_path, library_dir, scri
 def test_bad_inputs_are_skipped_and_counted(tmp_path, library_dir, scripted):
     from typer.testing import CliRunner
 
-    from app.cli import app
-    from retriever.encoder import base_model_path
+    from cli.main import app
+    from guideline_lib.embedded import base_model_path
 
     url, _ = scripted
     inputs = tmp_path / "inputs.jsonl"

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from guideline_lib.cli import app
+from cli.library import app
 from guideline_lib.inputs import input_key
 from guideline_lib.io import load_library
 from guideline_lib.validate import validate_library
@@ -186,7 +186,7 @@ def test_resume_after_kill_loses_and_duplicates_nothing(scripted, tmp_path) -> N
     scripted.llm.default = builder_reply
     # All 30 detect answers and 10 generate answers flow, then the server stalls.
     gate = scripted.llm.hold_after(40)
-    cmd = [sys.executable, "-c", "from guideline_lib.cli import app; app()", "build", str(src),
+    cmd = [sys.executable, "-c", "from cli.library import app; app()", "build", str(src),
            "-o", str(out), "--base-url", scripted.base_url, "--model", "scripted",
            "--concurrency", "2", "--no-progress", "--no-embed"]
     journal = Path(f"{out}.build") / "journal.jsonl"

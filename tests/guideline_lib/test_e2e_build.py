@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from guideline_lib.cli import app
+from cli.library import app
 from guideline_lib.io import load_library
 from guideline_lib.validate import validate_library
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from typer.testing import CliRunner
 
-from guideline_lib.cli import app
+from cli.library import app
 from guideline_lib.io import load_library, save_library
 from guideline_lib.schema import MAX_GUIDELINE_CHARS, Example, Guideline, Library
 from guideline_lib.validate import (

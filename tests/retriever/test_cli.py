@@ -6,9 +6,9 @@ import json
 
 from typer.testing import CliRunner
 
-from app.cli import app
+from cli.main import app
 from guideline_lib.io import save_library
-from retriever.encoder import base_model_path
+from guideline_lib.embedded import base_model_path
 
 
 def _invoke(*args: str):  # type: ignore[no-untyped-def]

@@ -16,16 +16,19 @@ from retriever.backends import (
     BACKENDS,
     backend_of,
     derived_path,
-    ensure_backend_encoder,
+    backend_path,
     export_encoder,
     is_current,
     load_backend_encoder,
     model_hash,
     read_manifest,
 )
-from retriever.encoder import Encoder, EncoderError, base_model_path
-from retriever.index import IndexError_, load_index
+from guideline_lib.embedded import base_model_path
+from retriever.encoder import Encoder, EncoderError
+from retriever.index import IndexLoadError, load_index
+from retriever.prepare import prepare_retriever
 from retriever.service import RetrieverPaths, open_retriever
+from tests.guiding import search
 
 
 def static_options(library: Library, queries: list[str]) -> dict[str, object]:
@@ -48,7 +51,7 @@ def queries(library: Library) -> list[str]:
 @pytest.fixture(scope="session")
 def exports(tmp_path_factory, small_lib) -> dict[str, Path]:  # type: ignore[no-untyped-def]
     """onnx (through the API), onnx-int8 (through the CLI) and static exports of base MiniLM."""
-    from retriever.cli import app
+    from cli.retriever import app
 
     root = tmp_path_factory.mktemp("encoders")
     base = base_model_path()
@@ -117,20 +120,21 @@ def test_wrong_backend_for_directory_is_refused(exports):  # type: ignore[no-unt
     with pytest.raises(EncoderError, match="onnx"):
         load_backend_encoder(str(exports["onnx"]), "torch")
     with pytest.raises(EncoderError, match="unknown encoder backend"):
-        ensure_backend_encoder(base_model_path(), "tensorrt", Path("unused"))
+        backend_path(base_model_path(), "tensorrt", Path("unused"))
     with pytest.raises(EncoderError, match="already"):
         export_encoder(exports["onnx"], "static", Path("unused"))
 
 
-def test_ensure_uses_cached_export_and_never_builds_when_told_not_to(tmp_path, exports):  # type: ignore[no-untyped-def]
+def test_backend_path_uses_a_cached_export_and_never_builds(tmp_path, exports):  # type: ignore[no-untyped-def]
     base = base_model_path()
     target = derived_path(base, "onnx", tmp_path)
-    with pytest.raises(EncoderError, match="export-encoder"):
-        ensure_backend_encoder(base, "onnx", tmp_path, build=False)
+    with pytest.raises(EncoderError, match="guide-align prepare"):
+        backend_path(base, "onnx", tmp_path)
+    assert not target.exists()
     shutil.copytree(exports["onnx"], target)
-    assert ensure_backend_encoder(base, "onnx", tmp_path, build=False) == target
-    assert ensure_backend_encoder(base, "torch", tmp_path) == base
-    assert ensure_backend_encoder(exports["onnx"], "onnx", tmp_path) == exports["onnx"]
+    assert backend_path(base, "onnx", tmp_path) == target
+    assert backend_path(base, "torch", tmp_path) == base
+    assert backend_path(exports["onnx"], "onnx", tmp_path) == exports["onnx"]
 
 
 def test_index_from_one_backend_is_refused_then_rebuilt_for_another(tmp_path, small_lib,
@@ -138,17 +142,20 @@ def test_index_from_one_backend_is_refused_then_rebuilt_for_another(tmp_path, sm
     save_library(small_lib, tmp_path / "lib")
     paths = RetrieverPaths(library=tmp_path / "lib", index=tmp_path / "index",
                            encoder=base_model_path(), exports=tmp_path / "encoders")
+    prepare_retriever(paths, backend="torch", train=False)
     torch_r = open_retriever(paths, backend="torch")
     assert torch_r.index.manifest["encoder_hash"] == model_hash(base_model_path())
-    shutil.copytree(exports["onnx"], derived_path(base_model_path(), "onnx", paths.exports_dir))
-    with pytest.raises(IndexError_, match="encoder"):
-        open_retriever(paths, backend="onnx", build_missing=False)
+    shutil.copytree(exports["onnx"], derived_path(base_model_path(), "onnx", paths.exports))
+    with pytest.raises(IndexLoadError, match="encoder"):
+        open_retriever(paths, backend="onnx")
+    done = prepare_retriever(paths, backend="onnx", train=False)
+    assert [m.split()[0] for m in done.made] == ["index"]  # the export was reused
     onnx_r = open_retriever(paths, backend="onnx")
     assert onnx_r.index.manifest["encoder_hash"] == model_hash(exports["onnx"])
     assert onnx_r.index.manifest["encoder_backend"] == "onnx"
     reloaded = load_index(paths.index, encoder_hash=model_hash(exports["onnx"]))
     assert reloaded.ids == torch_r.index.ids
-    hits = onnx_r.search("how do I kill a python process that hangs")
+    hits = search(onnx_r, "how do I kill a python process that hangs")
     assert hits and hits[0].category == "quality_coding"
 
 
@@ -167,7 +174,8 @@ def test_an_encoder_rewritten_in_place_is_loaded_again(tmp_path):
     import os
     import shutil
 
-    from retriever.encoder import base_model_path, load_encoder
+    from guideline_lib.embedded import base_model_path
+    from retriever.encoder import load_encoder
 
     model = tmp_path / "encoder"
     shutil.copytree(base_model_path(), model)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from guideline_lib.io import save_library
 from retriever import prepare
-from retriever.train import MANIFEST
+from retriever.backends import MANIFEST
 
 
 def test_concurrent_first_starts_train_once(tmp_path, monkeypatch, small_lib):  # type: ignore[no-untyped-def]

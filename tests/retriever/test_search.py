@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 
 from guideline_lib.schema import Guideline, Library
-from retriever.index import IndexConfig, IndexError_, build_index, load_index, save_index
+from retriever.index import IndexConfig, IndexLoadError, build_index, load_index, save_index
 from retriever.query import conversation_query
 from retriever.search import DenseRetriever
 from retriever.select import select_hits
 from retriever.types import Hit, SelectConfig
+from tests.guiding import TEST_POLICY, search
 
 
 def hit(text: str, score: float, kind: str = "quality") -> Hit:
@@ -38,11 +39,11 @@ def test_index_round_trip_and_manifest(tmp_path, small_lib, encoder):
 def test_index_mismatch_is_refused(tmp_path, small_lib, encoder):
     save_index(build_index(small_lib, encoder, encoder_path="enc", encoder_hash="abc"),
                tmp_path / "idx")
-    with pytest.raises(IndexError_, match="library"):
+    with pytest.raises(IndexLoadError, match="library"):
         load_index(tmp_path / "idx", library_hash="0" * 64, encoder_hash="abc")
-    with pytest.raises(IndexError_, match="encoder"):
+    with pytest.raises(IndexLoadError, match="encoder"):
         load_index(tmp_path / "idx", library_hash=small_lib.content_hash(), encoder_hash="zzz")
-    with pytest.raises(IndexError_, match="no index"):
+    with pytest.raises(IndexLoadError, match="no index"):
         load_index(tmp_path / "missing")
 
 
@@ -50,7 +51,7 @@ def test_retriever_refuses_index_of_other_library(small_lib, encoder):
     other = Library(guidelines=[Guideline.create("Other: something else entirely.",
                                                  "quality_advice")])
     loaded = build_index(other, encoder, encoder_path="enc", encoder_hash="abc")
-    with pytest.raises(IndexError_):
+    with pytest.raises(IndexLoadError):
         DenseRetriever(small_lib, encoder, loaded)
 
 
@@ -103,20 +104,23 @@ def test_conversation_query_window_and_parts():
 
 
 def test_search_finds_the_right_category(small_retriever):
-    assert small_retriever.search("code a ransomware that locks my office")[0].category == \
+    assert search(small_retriever, "code a ransomware that locks my office")[0].category == \
         "cybercrime"
     conv = [{"role": "user", "content": "i need help with a script"},
             {"role": "user", "content": "the python process hangs and won't stop"}]
-    assert small_retriever.search(conv)[0].category == "quality_coding"
-    assert small_retriever.search("   ") == []
+    assert search(small_retriever, conv)[0].category == "quality_coding"
+    assert search(small_retriever, "   ") == []
 
 
 def test_batch_search_equals_single_search(small_retriever):
     queries = ["write me a keylogger", "fix the grammar in my letter", "how far is mars",
                "i want to end it all", ""]
-    batch = small_retriever.search_batch(queries)
+    from guide.step import as_conversation, guide_batch
+
+    batch = [g.hits for g in guide_batch([as_conversation(q) for q in queries], small_retriever,
+                                         [TEST_POLICY] * len(queries))]
     for q, hits in zip(queries, batch, strict=True):
-        single = small_retriever.search(q)
+        single = search(small_retriever, q)
         assert [h.id for h in hits] == [h.id for h in single]
         np.testing.assert_allclose([h.score for h in hits], [h.score for h in single],
                                    atol=1e-5)
@@ -145,28 +149,36 @@ def test_a_long_earlier_turn_cannot_push_the_latest_one_out(small_retriever):
     msgs = [{"role": "user", "content": party},
             {"role": "assistant", "content": "Sounds lovely!"},
             {"role": "user", "content": "now write me a keylogger that emails passwords"}]
-    hits = small_retriever.search(msgs)
+    hits = search(small_retriever, msgs)
     assert any(h.category == "cybercrime" for h in hits)
 
 
-def test_a_corrupt_or_stale_index_is_rebuilt_with_its_kind(tmp_path, small_lib):
+def test_a_corrupt_or_stale_index_is_refused_on_open_and_rebuilt_with_its_kind_by_prepare(
+        tmp_path, small_lib):
     import faiss
 
+    from guideline_lib.embedded import base_model_path
     from guideline_lib.io import save_library
-    from retriever.encoder import base_model_path
     from retriever.index import IndexConfig
+    from retriever.prepare import prepare_retriever
     from retriever.service import RetrieverPaths, open_retriever
 
     save_library(small_lib, tmp_path / "lib")
     paths = RetrieverPaths(library=tmp_path / "lib", index=tmp_path / "index",
-                           encoder=base_model_path())
-    open_retriever(paths, backend="torch",
-                   index_config=IndexConfig(kind="hnsw", hnsw_ef_search=99))
+                           encoder=base_model_path(), exports=tmp_path / "encoders")
+    with pytest.raises(IndexLoadError, match="guide-align prepare"):
+        open_retriever(paths, backend="torch")  # opening never builds
+    assert not (tmp_path / "index").exists()
+    prepare_retriever(paths, backend="torch", train=False,
+                      index_config=IndexConfig(kind="hnsw", hnsw_ef_search=99))
     index_file = tmp_path / "index" / "index.faiss"
     index_file.write_bytes(index_file.read_bytes()[:100])  # a torn write
-    r = open_retriever(paths, backend="torch",  # rebuilt, not a crash
-                       config=SelectConfig(k=6, min_score=0.2))
-    assert r.search("write me a keylogger that emails passwords")
+    with pytest.raises(IndexLoadError):
+        open_retriever(paths, backend="torch")
+    done = prepare_retriever(paths, backend="torch", train=False)  # rebuilt, not a crash
+    assert done.made and "index" in done.made[0]
+    r = open_retriever(paths, backend="torch")
+    assert search(r, "write me a keylogger that emails passwords")
     rebuilt = faiss.downcast_index(faiss.read_index(str(index_file)))
     assert rebuilt.hnsw.efSearch == 99  # the kind and parameters survive the rebuild
 
@@ -175,10 +187,10 @@ def test_a_request_after_a_long_preamble_in_one_message_is_seen(small_retriever)
     party = ("We are planning a birthday party for my daughter who turns seven, with a bouncy "
              "castle, a clown, balloons in every colour, lemonade, paper hats, music and a "
              "treasure hunt in the garden for twenty children from her class. ") * 8
-    hits = small_retriever.search(party + "Anyway, now write me a keylogger that emails "
+    hits = search(small_retriever, party + "Anyway, now write me a keylogger that emails "
                                            "passwords to me.")
     assert any(h.category == "cybercrime" for h in hits)
-    assert not any(h.category == "cybercrime" for h in small_retriever.search(party))
+    assert not any(h.category == "cybercrime" for h in search(small_retriever, party))
 
 
 def test_query_views():

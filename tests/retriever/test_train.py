@@ -6,7 +6,8 @@ import json
 
 from guideline_lib.io import default_library_path, load_library
 from guideline_lib.schema import Library
-from retriever.train import MANIFEST, TrainConfig, train_retriever, training_pairs
+from retriever.backends import MANIFEST
+from retriever.train import TrainConfig, train_retriever, training_pairs
 
 CATEGORIES = {"cybercrime", "privacy", "fraud_deception", "quality_coding"}
 
@@ -59,6 +60,6 @@ def test_training_improves_heldout_metrics(tmp_path):
     assert manifest["counts"]["triplets"] > 0
     assert (out / "modules.json").exists()
     # the saved model loads and ranks with the manifest's recorded hash
-    from retriever.service import encoder_hash
+    from retriever.backends import model_hash as encoder_hash
 
     assert encoder_hash(out) == manifest["encoder_hash"]

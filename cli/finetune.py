@@ -8,25 +8,20 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from cli.common import console, settings
+from cli.common import fail as _fail
+from cli.retriever import parse_margin
 from guideline_lib.io import default_library_path
 from guideline_lib.llm import LLMConfig
 
 app = typer.Typer(help="Labrador-style fine-tune stage.", no_args_is_help=True)
-console = Console(width=120)
 Opt = typer.Option
-VAR = Path("var")
-
-
-def _fail(message: str, code: int = 2) -> typer.Exit:
-    console.print(f"[red]error:[/red] {message}")
-    return typer.Exit(code)
 
 
 def _default_base() -> Path:
-    from guideline_lib.llm import EmbeddedModelMissing, smollm2_path
+    from guideline_lib.embedded import EmbeddedModelMissing, smollm2_path
 
     try:
         return smollm2_path()
@@ -41,9 +36,11 @@ def generate(
     run: Annotated[Path, Opt("-o", "--output", help="Run directory (journal, cache, run.json)")],
     text_field: Annotated[str, Opt(help="Field / column holding the input text")] = "text",
     max_chars: Annotated[int, Opt(help="Longer inputs are skipped")] = 8000,
-    library: Annotated[Path, Opt(help="Guideline library")] = default_library_path(),
-    index: Annotated[Path, Opt(help="Index directory (built when missing)")] = VAR / "index",
-    encoder: Annotated[Path | None, Opt(help="Encoder (default: trained, else base)")] = None,
+    library: Annotated[Path | None, Opt(help="Guideline library (default: the workspace's)")]
+    = None,
+    index: Annotated[Path | None, Opt(help="Index directory (default: the workspace's; "
+                                      "prepared when missing)")] = None,
+    encoder: Annotated[Path | None, Opt(help="Encoder (default: the trained one)")] = None,
     base_url: Annotated[str, Opt(help="OpenAI-compatible endpoint")] = LLMConfig.base_url,
     model: Annotated[str, Opt(help="Model name sent to the endpoint")] = LLMConfig.model,
     api_key: Annotated[str | None, Opt(envvar="GUIDE_ALIGN_LLM_API_KEY",
@@ -54,37 +51,28 @@ def generate(
     timeout: Annotated[float, Opt(help="Seconds per LLM call")] = LLMConfig.timeout,
     concurrency: Annotated[int, Opt(help="LLM calls in flight")] = LLMConfig.concurrency,
     retries: Annotated[int, Opt(help="Retries on 429/5xx/timeouts")] = LLMConfig.max_retries,
-    # Selection defaults follow the gateway's settings (app/config.py); keep them in step.
-    k: Annotated[int, Opt(help="Guidelines per input")] = 6,
-    min_score: Annotated[float, Opt()] = 0.4,
-    dedup_threshold: Annotated[float, Opt()] = 0.5,
-    candidates: Annotated[int, Opt()] = 24,
-    safety_margin: Annotated[str, Opt(help="Safety-vs-quality margin, or 'off'")] = "0.05",
-    encoder_backend: Annotated[str, Opt(help="onnx-int8 (the gateway's default) | onnx | "
-                                        "static | torch (reference)")] = "onnx-int8",
-    window: Annotated[int, Opt(help="Earlier user turns in the retrieval query")] = 3,
+    k: Annotated[int | None, Opt(help="Guidelines per input (default: the gateway's)")] = None,
+    min_score: Annotated[float | None, Opt(help="Default: the gateway's")] = None,
+    dedup_threshold: Annotated[float | None, Opt(help="Default: the gateway's")] = None,
+    candidates: Annotated[int | None, Opt(help="Default: the gateway's")] = None,
+    safety_margin: Annotated[str | None, Opt(help="Safety-vs-quality margin, or 'off' "
+                                             "(default: the gateway's)")] = None,
+    encoder_backend: Annotated[str | None, Opt(help="onnx-int8 (the gateway's default) | onnx "
+                                               "| static | torch (reference)")] = None,
+    window: Annotated[int | None, Opt(help="Earlier user turns in the retrieval query")] = None,
     system: Annotated[str | None, Opt(help="The client's system message for every input")] = None,
     cache: Annotated[bool, Opt(help="Cache LLM answers by request")] = True,
     retry_failed: Annotated[bool, Opt(help="Redo inputs that failed last time")] = False,
     progress: Annotated[bool, Opt(help="Show a progress bar")] = True,
 ) -> None:
-    """Guided answers for inputs (same retrieval and injection as the gateway); resumable."""
-    from finetune.generate import GenerateConfig, execute_generate, fingerprint, run_manifest
-    from finetune.io import (
-        CACHE,
-        RunError,
-        check_run,
-        open_journal,
-        write_run_manifest,
-    )
-    from guideline_lib.batch import RunStopped, run_journaled
+    """Guided answers for inputs through the gateway's own guide step; resumable."""
+    from finetune.generate import GenerateConfig, generate_run
+    from finetune.io import RunError
+    from guideline_lib.batch import RunStopped
     from guideline_lib.inputs import InputError, read_inputs
     from guideline_lib.io import LibraryError
-    from guideline_lib.llm import ResponseCache
     from retriever.encoder import EncoderError
-    from retriever.index import IndexError_
-    from retriever.service import RetrieverPaths, open_retriever, resolve_encoder
-    from retriever.types import SelectConfig
+    from retriever.index import IndexLoadError
 
     try:
         items, read = read_inputs(inputs, text_field=text_field, max_chars=max_chars)
@@ -95,64 +83,41 @@ def generate(
         console.print(f"  [yellow]{note}[/yellow]")
     if not items:
         raise _fail("no usable inputs", 1)
+    explicit = {"safety_margin": parse_margin(safety_margin)} if safety_margin else {}
+    ws = settings(library_path=library, index_path=index, encoder_path=encoder,
+                  encoder_backend=encoder_backend, k=k, min_score=min_score,
+                  dedup_threshold=dedup_threshold, candidates=candidates, window=window,
+                  explicit=explicit)
     try:
-        margin = None if safety_margin.lower() in ("off", "none") else float(safety_margin)
-    except ValueError:
-        raise _fail("--safety-margin must be a number or 'off'") from None
-    select = SelectConfig(k=k, min_score=min_score, dedup_threshold=dedup_threshold,
-                          candidates=candidates, safety_margin=margin)
-    paths = RetrieverPaths(library=library, index=index, encoder=encoder,
-                           trained_encoder=VAR / "encoder")
-    try:
-        retriever = open_retriever(paths, config=select, window=window, backend=encoder_backend)
-    except (LibraryError, IndexError_, EncoderError, OSError) as exc:
+        ws.prepare(train=False, log=console.print)
+        retriever = ws.open_retriever()
+    except (LibraryError, IndexLoadError, EncoderError, OSError) as exc:
         raise _fail(f"cannot open the retriever: {exc}") from None
-    enc_info = {"path": str(resolve_encoder(paths)), "backend": encoder_backend,
+    enc_info = {"path": str(ws.retriever_paths().encoder), "backend": ws.encoder_backend,
                 "hash": str(retriever.index.manifest.get("encoder_hash", ""))}
     llm = LLMConfig(base_url=base_url, model=model, api_key=api_key, temperature=temperature,
                     max_tokens=max_tokens, timeout=timeout, max_retries=retries,
                     concurrency=concurrency)
-    config = GenerateConfig(select=select, window=window, system=system, retry_failed=retry_failed)
-    lib = retriever.library
-    fp = fingerprint(config, llm, library_hash=lib.content_hash(), encoder_hash=enc_info["hash"])
+    config = GenerateConfig(policy=ws.policy(), system=system, retry_failed=retry_failed)
     try:
-        earlier = check_run(run, fp)
+        result = generate_run(items, run, retriever=retriever, encoder_info=enc_info, llm=llm,
+                              config=config, inputs=[str(p) for p in inputs],
+                              read={"rows": read.read, "kept": read.kept,
+                                    "skipped": read.skipped},
+                              cache=cache, show_progress=progress)
     except RunError as exc:
         raise _fail(str(exc)) from None
-    endpoint = (earlier or {}).get("llm", {}).get("endpoint")
-    if endpoint and endpoint != base_url:
-        # Not refused (a local server's port may change between sessions), but said out loud.
-        console.print(f"[yellow]this run was started against {endpoint}; continuing against "
-                      f"{base_url}. If that is another model, use a new run directory.[/yellow]")
-    lib_info = {"name": lib.manifest.name, "version": lib.manifest.version,
-                "content_hash": lib.content_hash(), "path": str(library)}
-    read_info = {"rows": read.read, "kept": read.kept, "skipped": read.skipped}
-
-    def manifest(counts: dict[str, int] | None = None) -> dict[str, Any]:
-        return run_manifest(fingerprint=fp, library=lib_info, encoder=enc_info, llm=llm,
-                            config=config, inputs=[str(p) for p in inputs], read=read_info,
-                            counts=counts)
-
-    write_run_manifest(run, manifest())
-    journal = open_journal(run)
-    response_cache = ResponseCache(run / CACHE) if cache else None
-    try:
-        result = run_journaled(execute_generate(items, retriever=retriever, llm=llm,
-                                                journal=journal, config=config,
-                                                cache=response_cache, show_progress=progress),
-                               journal=journal, cache=response_cache)
     except RunStopped as exc:
         raise _fail(str(exc), exc.exit_code) from None
-    n_failed = len(journal.failed_keys())
-    counts = {"inputs": len(items), "records": len(journal), "ok": len(journal) - n_failed,
-              "failed": n_failed}
-    write_run_manifest(run, manifest(counts))
-    s = result.stats
+    for note in result.notes:
+        console.print(f"[yellow]{note}[/yellow]")
+    s = result.run.stats
+    calls = result.run.calls
     console.print(f"{s.total} inputs: {s.skipped_done} already done, {s.ok} answered, "
-                  f"{s.failed} failed in {s.seconds:.0f}s; LLM: {result.calls.requests} requests, "
-                  f"{result.calls.cache_hits} cache hits, {result.calls.retries} retries")
-    console.print(f"run {run}: {counts}")
-    if n_failed:
+                  f"{s.failed} failed in {s.seconds:.0f}s; LLM: {calls.requests} requests, "
+                  f"{calls.cache_hits} cache hits, {calls.retries} retries")
+    console.print(f"run {run}: {result.counts}")
+    if result.counts["failed"]:
         console.print("rerun with --retry-failed to try the failed inputs again")
 
 
@@ -283,7 +248,7 @@ def _answerer(spec: str, name: str, model: str, *, max_new_tokens: int, batch_si
 
 def _base_of(tuned: str) -> str:
     """The base model a tuned directory was trained from (its manifest), else the default."""
-    from finetune.models import MANIFEST
+    from guideline_lib.io import MANIFEST
 
     manifest = Path(tuned) / MANIFEST
     if not tuned.startswith(("http://", "https://")) and manifest.is_file():

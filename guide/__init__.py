@@ -1,0 +1,1 @@
+"""The one guide step: conversation -> (refine) -> risk -> retrieve -> gate/select -> render."""

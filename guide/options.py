@@ -1,0 +1,99 @@
+"""The options contract: a request's ``guide_align`` options may tighten the policy, not loosen it.
+
+"Tighter" means more guidance: guidance on, more guidelines (``k`` up), weaker matches allowed
+(``min_score`` down), safety guidelines kept more readily (``safety_margin`` down; no margin at
+all is the tightest). Each option states its own order once, in ``RULES``; later stages add
+theirs the same way (risk threshold down; backtracking off < monitor < enforce; refinement
+off < retrieve < rewrite). A deployment may allow loosening (``allow_loosen``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from retriever.types import SelectConfig
+
+# Bounds shared by every request model that carries these options (one limit, one place).
+K_MAX = 50
+
+
+class GuideOptions(BaseModel):
+    """Per-request options, sent in the namespaced ``guide_align`` body field."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    enabled: bool | None = None
+    k: int | None = Field(None, ge=0, le=K_MAX)
+    min_score: float | None = Field(None, ge=-1.0, le=1.0)
+    safety_margin: float | None = Field(None, ge=-1.0, le=1.0)
+
+
+@dataclass(frozen=True)
+class Policy:
+    """How much guidance a request gets: on or off, the selection rules, the turn window."""
+
+    enabled: bool = True
+    select: SelectConfig = field(default_factory=SelectConfig)
+    window: int = 3
+
+
+@dataclass(frozen=True)
+class Rule:
+    """How one option reads from and writes to a policy, and which way is tighter."""
+
+    get: Callable[[Policy], Any]
+    set: Callable[[Policy, Any], Policy]
+    tighter_or_equal: Callable[[Any, Any], bool]  # (requested, current) -> True when allowed
+
+
+def _select(**changes: Any) -> Callable[[Policy, Any], Policy]:
+    (name,) = changes
+
+    def apply(policy: Policy, value: Any) -> Policy:
+        return dataclasses.replace(policy, select=dataclasses.replace(policy.select,
+                                                                       **{name: value}))
+    return apply
+
+
+def _margin_tighter(requested: float, current: float | None) -> bool:
+    return current is not None and requested <= current  # no margin keeps every safety hit
+
+
+RULES: dict[str, Rule] = {
+    "enabled": Rule(lambda p: p.enabled, lambda p, v: dataclasses.replace(p, enabled=v),
+                    lambda req, cur: req or not cur),
+    "k": Rule(lambda p: p.select.k, _select(k=None), lambda req, cur: req >= cur),
+    "min_score": Rule(lambda p: p.select.min_score, _select(min_score=None),
+                      lambda req, cur: req <= cur),
+    "safety_margin": Rule(lambda p: p.select.safety_margin, _select(safety_margin=None),
+                          _margin_tighter),
+}
+
+
+@dataclass(frozen=True)
+class Applied:
+    """The policy a request gets, and the options it asked for that were not applied."""
+
+    policy: Policy
+    ignored: tuple[str, ...] = ()
+
+
+def apply_options(base: Policy, options: GuideOptions | None, *,
+                  allow_loosen: bool = False) -> Applied:
+    """The deployment policy ``base`` changed by a request's options, tightening only unless
+    ``allow_loosen``; options that would loosen it are named in ``ignored``."""
+    if options is None:
+        return Applied(base)
+    policy, ignored = base, []
+    for name, value in options.model_dump(exclude_none=True).items():
+        rule = RULES[name]
+        if allow_loosen or rule.tighter_or_equal(value, rule.get(policy)):
+            policy = rule.set(policy, value)
+        else:
+            ignored.append(name)
+    return Applied(policy, tuple(ignored))
