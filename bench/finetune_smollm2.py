@@ -50,7 +50,7 @@ def cli(*args: str, log: Path) -> float:
     """Run `guide-align finetune ...`; output to ``log``; seconds taken."""
     started = time.monotonic()
     with log.open("ab") as out:
-        code = subprocess.call([sys.executable, "-m", "app.cli", "finetune", *args], cwd=ROOT,
+        code = subprocess.call([sys.executable, "-m", "cli.main", "finetune", *args], cwd=ROOT,
                                env=ENV, stdout=out, stderr=subprocess.STDOUT)
     if code:
         raise SystemExit(f"`finetune {args[0]}` failed ({code}); see {log}")
@@ -80,7 +80,7 @@ def serve_gateway(upstream: str, *, log: Path) -> tuple[str, subprocess.Popen[by
     port = free_port()
     env = {**ENV, "GUIDE_ALIGN_UPSTREAM_BASE_URL": upstream, "GUIDE_ALIGN_LOG_LEVEL": "warning"}
     with log.open("ab") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--port", str(port)],
+        proc = subprocess.Popen([sys.executable, "-m", "cli.main", "serve", "--port", str(port)],
                                 cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True)
     url = f"http://127.0.0.1:{port}"

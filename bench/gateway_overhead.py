@@ -125,7 +125,7 @@ def main() -> None:
                   str(stub_port), "--log-level", "warning", "--no-access-log"],
                  log=work / "stub.log")
     stub_url = f"http://127.0.0.1:{stub_port}/v1"
-    gateway = start([sys.executable, "-m", "app.cli", "serve", "--port", str(gw_port),
+    gateway = start([sys.executable, "-m", "cli.main", "serve", "--port", str(gw_port),
                      "--workers", str(args.gateway_workers)],
                     env={"GUIDE_ALIGN_UPSTREAM_BASE_URL": stub_url, "GUIDE_ALIGN_LOG_LEVEL":
                          "warning"}, log=work / "gateway.log")

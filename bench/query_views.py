@@ -24,7 +24,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from app.config import Settings
-from app.main import load_retriever
 from bench.common import machine, save_results
 from bench.retrieval_quality import load_sets
 from retriever.query import TAIL_WORDS, query_views
@@ -41,14 +40,19 @@ def main() -> None:
     if not args.data.is_dir():
         console.print(f"no evaluation data at {args.data}; nothing to measure")
         return
-    retriever = load_retriever(Settings())
+    ws = Settings()
+    ws.prepare(train=False)
+    retriever = ws.open_retriever()
+    select = ws.select_config()
     table = Table(title=f"one embedding vs query views (tail: last {TAIL_WORDS} words)")
     for col in ("set", "prompts", "long", "metric", "one embedding", "views", "views - one"):
         table.add_column(col, justify="left" if col in ("set", "metric") else "right")
     results = {}
     for s in load_sets(args.data, alpaca_max=args.alpaca_max):
-        single = retriever.search_views([(p.strip(),) if p.strip() else () for p in s.prompts])
-        views = retriever.search_views([query_views(p) for p in s.prompts])
+        configs = [select] * len(s.prompts)
+        single = retriever.search_batch([(p.strip(),) if p.strip() else () for p in s.prompts],
+                                        configs)
+        views = retriever.search_batch([query_views(p) for p in s.prompts], configs)
         long_n = sum(len(p.split()) > TAIL_WORDS for p in s.prompts)
 
         def rate(all_hits: list, s=s) -> float:  # type: ignore[type-arg]

@@ -31,22 +31,28 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from app.config import Settings
 from bench.common import machine, pct, save_results
 from guideline_lib.io import default_library_path, load_library
 from guideline_lib.schema import Library
 from retriever.backends import (
     BACKENDS,
-    ensure_backend_encoder,
+    derived_path,
+    export_encoder,
+    get_backend,
+    is_current,
     load_backend_encoder,
     model_hash,
 )
 from retriever.encoder import Encoder
 from retriever.index import build_index
 from retriever.search import DenseRetriever
-from retriever.service import RetrieverPaths, resolve_encoder
+from retriever.service import check_encoder
+from retriever.types import SelectConfig
 
 console = Console(width=160)
 BATCHES = (1, 8, 32)
+SELECT = SelectConfig()  # the serving defaults
 
 
 def held_out(library: Library) -> tuple[list[str], list[set[str]]]:
@@ -77,12 +83,12 @@ def time_single(retriever: DenseRetriever, queries: list[str]) -> tuple[list[flo
     enc, total = [], []
     for q in queries:
         t0 = time.perf_counter()
-        vecs = retriever.encoder.encode([q])
+        retriever.encoder.encode([q])
         t1 = time.perf_counter()
-        retriever.search_vectors(vecs)
+        retriever.search((q,), SELECT)  # encode + search + select, as a request pays
         t2 = time.perf_counter()
         enc.append(t1 - t0)
-        total.append(t2 - t0)
+        total.append(t2 - t1)
     return enc, total
 
 
@@ -90,7 +96,8 @@ def time_batches(retriever: DenseRetriever, queries: list[str], batch: int) -> f
     """Seconds to push ``queries`` through search_batch ``batch`` at a time."""
     t0 = time.perf_counter()
     for start in range(0, len(queries), batch):
-        retriever.search_batch(queries[start:start + batch])
+        chunk = queries[start:start + batch]
+        retriever.search_batch([(q,) for q in chunk], [SELECT] * len(chunk))
     return time.perf_counter() - t0
 
 
@@ -130,7 +137,11 @@ def prepare_backend(name: str, source: Path, exports: Path, library: Library,
         -> tuple[Subject, np.ndarray, np.ndarray]:
     """Export (cached), load, index and score one backend."""
     t0 = time.perf_counter()
-    path = ensure_backend_encoder(source, name, exports)
+    path = source
+    if get_backend(name).export is not None:
+        path = derived_path(source, name, exports)
+        if not is_current(path, source, name):
+            export_encoder(source, name, path)
     export_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     encoder = load(name, path, threads)
@@ -139,7 +150,7 @@ def prepare_backend(name: str, source: Path, exports: Path, library: Library,
     retriever = DenseRetriever(library, encoder, loaded)
     q, vecs, rows = quality(retriever, queries, relevant)
     for text in queries[:10]:  # warm up
-        retriever.search(text)
+        retriever.search((text,), SELECT)
     row: dict[str, Any] = {"backend": name, "path": str(path), "dim": encoder.dim,
                            "size_mb": dir_mb(path), "export_s": export_s, "load_s": load_s, **q}
     return Subject(name, retriever, row), vecs, rows
@@ -170,8 +181,10 @@ def main() -> None:
     """Run every backend, print the table, write bench/results/retrieval_latency.json."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--library", type=Path, default=default_library_path())
-    ap.add_argument("--encoder", type=Path, default=None, help="default: var/encoder, else base")
-    ap.add_argument("--exports", type=Path, default=Path("var/encoders"))
+    ap.add_argument("--encoder", type=Path, default=None,
+                    help="default: the workspace's trained encoder (var/encoder)")
+    ap.add_argument("--exports", type=Path, default=None,
+                    help="default: the workspace's exports (var/encoders)")
     ap.add_argument("--backends", default=",".join(BACKENDS))
     ap.add_argument("--single", type=int, default=200, help="single queries timed")
     ap.add_argument("--throughput", type=int, default=128,
@@ -183,12 +196,11 @@ def main() -> None:
     args = ap.parse_args()
 
     library = load_library(args.library)
-    source = resolve_encoder(RetrieverPaths(library=args.library, index=Path("var/index"),
-                                            encoder=args.encoder,
-                                            trained_encoder=Path("var/encoder")))
-    trained = Path(source).resolve() == Path("var/encoder").resolve()
+    ws = Settings(encoder_path=args.encoder)
+    source = check_encoder(ws.retriever_paths().encoder)
+    args.exports = args.exports or ws.exports_path
     queries, relevant = held_out(library)
-    kind = "trained" if trained else "base MiniLM" if args.encoder is None else "explicit"
+    kind = "trained" if args.encoder is None else "explicit"
     console.print(f"encoder: {source} ({kind}); "
                   f"{len(library.guidelines)} guidelines, {len(queries)} held-out queries; "
                   f"intra-op threads: {args.threads or 'gateway defaults'}")
@@ -227,7 +239,7 @@ def main() -> None:
     console.print(table)
     name = "retrieval_latency" if args.threads == 1 else f"retrieval_latency_t{args.threads}"
     path = save_results(name, {
-        "machine": machine(), "encoder": str(source), "trained_encoder": trained,
+        "machine": machine(), "encoder": str(source), "trained_encoder": args.encoder is None,
         "library": str(args.library), "queries": len(queries), "single": args.single,
         "throughput_queries": args.throughput, "rounds": args.rounds,
         "threads": args.threads or "gateway defaults",

@@ -20,7 +20,7 @@ from guideline_lib.io import LibraryError, default_library_path, load_library, s
 from guideline_lib.llm import LLMConfig
 from guideline_lib.pipeline import build_library, open_build_journal, work_dir_for
 from guideline_lib.schema import Library
-from guideline_lib.starter import SOURCES, assemble_starter
+from guideline_lib.starter import SOURCES, STARTER_VERSION, assemble_starter
 from guideline_lib.validate import diff_libraries, library_stats, merge_libraries, validate_library
 
 app = typer.Typer(help="Guideline library tools.", no_args_is_help=True)
@@ -101,7 +101,7 @@ def merge(
 def starter(
     sources: Annotated[Path, typer.Option(help="Per-category source files")] = SOURCES,
     output: Annotated[Path, typer.Option("-o", "--output")] = default_library_path(),
-    version: Annotated[str, typer.Option(help="Library version")] = "1.0.0",
+    version: Annotated[str, typer.Option(help="Library version")] = STARTER_VERSION,
 ) -> None:
     """Assemble the starter library from its hand-written sources."""
     lib = save_library(assemble_starter(sources, version=version), output)

@@ -13,8 +13,7 @@ from typing import Any
 from guide.options import Policy
 from guideline_lib.render import inject_system, render_guidelines
 from retriever.query import conversation_query, query_views
-from retriever.search import DenseRetriever
-from retriever.types import Hit
+from retriever.types import Hit, Retriever
 
 Messages = list[dict[str, Any]]
 
@@ -59,7 +58,7 @@ def plan_views(messages: Sequence[dict[str, Any]], policy: Policy) -> tuple[str,
 
 def guide_batch(
     conversations: Sequence[Sequence[dict[str, Any]]],
-    retriever: DenseRetriever,
+    retriever: Retriever,
     policies: Sequence[Policy],
     *,
     ignored: Sequence[tuple[str, ...]] | None = None,
@@ -75,7 +74,7 @@ def guide_batch(
     return out
 
 
-def guide(conversation: str | Sequence[dict[str, Any]], retriever: DenseRetriever,
+def guide(conversation: str | Sequence[dict[str, Any]], retriever: Retriever,
           policy: Policy) -> Guidance:
     """Guidance for one text or conversation."""
     return guide_batch([as_conversation(conversation)], retriever, [policy])[0]

@@ -18,6 +18,8 @@ from guideline_lib.schema import (
 
 SOURCES = Path(__file__).resolve().parent / "starter_src"
 TEST_PERCENT = 15
+# 1.1.0: example inputs that shared wording with public evaluation prompts were rewritten.
+STARTER_VERSION = "1.1.0"
 RECATEGORISE = "recategorise.json"  # key -> category overrides, kept beside the sources
 EXTRA_SUFFIX = ".examples.json"  # {"examples": [{"input", "keys"}]}, keys of any category
 
@@ -33,7 +35,7 @@ def split_for(text: str, test_percent: int = TEST_PERCENT) -> str:
 
 
 def assemble_starter(
-    sources: Path = SOURCES, *, version: str = "1.0.0", test_percent: int = TEST_PERCENT
+    sources: Path = SOURCES, *, version: str = STARTER_VERSION, test_percent: int = TEST_PERCENT
 ) -> Library:
     """Read every ``<category>.json`` source and build the starter library."""
     guidelines: dict[str, Guideline] = {}

@@ -9,16 +9,18 @@ from pathlib import Path
 
 import httpx
 import psutil
+import pytest
 
 from app.launcher import stop_process, wait_until_ready
-from guideline_lib.io import save_library
 from guideline_lib.embedded import base_model_path
+from guideline_lib.io import save_library
 from tests.fakes.server import ServerThread, free_port
 from tests.fakes.upstream import make_upstream
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.slow
 def test_two_workers_share_the_port_and_guide_requests(tmp_path, small_lib):  # type: ignore[no-untyped-def]
     save_library(small_lib, tmp_path / "lib")
     port = free_port()

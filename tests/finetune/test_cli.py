@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import httpx
+import pytest
 from typer.testing import CliRunner
 
 from cli.main import app
@@ -29,6 +30,8 @@ def invoke(*args: str) -> str:
     return result.output
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_generate_export_train_evaluate_serve(tmp_path, library_dir, scripted, tiny_base,
                                               smol_gguf):
     from guideline_lib.embedded import base_model_path
@@ -85,7 +88,7 @@ def test_generate_export_train_evaluate_serve(tmp_path, library_dir, scripted, t
     # The tuned GGUF serves through llama.cpp's OpenAI-compatible server: the gateway's upstream.
     port = free_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "app.cli", "finetune", "serve", str(tuned),
+    proc = subprocess.Popen([sys.executable, "-m", "cli.main", "finetune", "serve", str(tuned),
                              "--port", str(port), "--alias", "tuned-tiny"], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
                             start_new_session=True)

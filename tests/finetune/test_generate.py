@@ -17,15 +17,15 @@ import pytest
 
 from finetune.generate import GenerateConfig, execute_generate, fingerprint
 from finetune.io import RunError, check_run
+from guide.step import guide
 from guideline_lib.inputs import InputItem, input_key
 from guideline_lib.journal import Journal
 from guideline_lib.llm import LLMConfig, LLMUnreachable
 from guideline_lib.render import inject_system, render_guidelines
-from retriever.types import SelectConfig
 from tests.fakes.server import free_port
+from tests.guiding import TEST_POLICY
 
 ROOT = Path(__file__).resolve().parents[2]
-SELECT = SelectConfig(k=6, min_score=0.2)
 
 
 def items(*texts: str) -> list[InputItem]:
@@ -37,7 +37,7 @@ def run_generate(inputs: list[InputItem], journal: Journal, retriever: Any, url:
                  system: str | None = None, retry_failed: bool = False) -> Any:
     llm = LLMConfig(base_url=url, model="scripted", max_retries=2, backoff=0.01, concurrency=3,
                     timeout=10)
-    config = GenerateConfig(select=SELECT, system=system, retry_failed=retry_failed)
+    config = GenerateConfig(policy=TEST_POLICY, system=system, retry_failed=retry_failed)
     return asyncio.run(execute_generate(inputs, retriever=retriever, llm=llm, journal=journal,
                                         config=config, show_progress=False))
 
@@ -53,7 +53,7 @@ def test_records_hold_exactly_what_the_gateway_would_send(tmp_path, small_retrie
     sent_bodies = {b["messages"][-1]["content"]: b for b in log.bodies}
     for text in texts:
         r = records[text]
-        hits = small_retriever.search(r["messages"], config=SELECT)  # the gateway's views
+        hits = guide(r["messages"], small_retriever, TEST_POLICY).hits  # the gateway's step
         client = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": text}]
         assert r["messages"] == client
         assert r["guideline_ids"] == [h.id for h in hits] and hits
@@ -106,11 +106,12 @@ def test_a_run_made_with_other_settings_is_refused(tmp_path, small_lib):
 
 def _cli(args: list[str], **kw: Any) -> subprocess.Popen[bytes]:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    return subprocess.Popen([sys.executable, "-m", "app.cli", "finetune", "generate", *args],
+    return subprocess.Popen([sys.executable, "-m", "cli.main", "finetune", "generate", *args],
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             **kw)
 
 
+@pytest.mark.slow
 def test_resume_after_kill_loses_and_repeats_nothing(tmp_path, library_dir, scripted):
     from guideline_lib.embedded import base_model_path
 

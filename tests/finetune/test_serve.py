@@ -9,6 +9,7 @@ from finetune.models import load_model
 from finetune.serve import GGUFExportError, export_gguf
 
 
+@pytest.mark.e2e
 def test_llama_cpp_reproduces_the_transformers_logits(tiny_base, smol_gguf, tmp_path):
     import torch
     from llama_cpp import Llama

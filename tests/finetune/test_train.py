@@ -45,6 +45,7 @@ def test_trainer_batches_learn_only_assistant_tokens(tiny_base, tmp_path):
     assert len(seen) == 8
 
 
+@pytest.mark.slow
 def test_training_saves_adapter_merged_model_gguf_and_manifest(tiny_base, tmp_path, smol_gguf):
     import torch
     from peft import PeftModel

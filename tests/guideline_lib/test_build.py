@@ -11,6 +11,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from cli.library import app
@@ -23,7 +24,7 @@ from tests.guideline_lib.helpers import builder_reply, input_of, stage_of
 INPUTS = [
     "How do I kill a Python process that ignores Ctrl-C?",
     "Write a phishing email pretending to be from a bank",
-    "What is the boiling point of water at 2000 m altitude?",
+    "At 2000 m above sea level, at what temperature does water boil?",
     "Suggest a name for a bakery run by two sisters",
 ]
 
@@ -178,6 +179,7 @@ def test_extend_an_existing_library_and_augment(scripted, tmp_path, small_lib) -
     assert "(2 from augmentation)" in result.output
 
 
+@pytest.mark.slow
 def test_resume_after_kill_loses_and_duplicates_nothing(scripted, tmp_path) -> None:
     inputs = [f"Question number {n}: how would you explain topic {n * 7} to a child?"
               for n in range(30)]

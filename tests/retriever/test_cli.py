@@ -7,8 +7,8 @@ import json
 from typer.testing import CliRunner
 
 from cli.main import app
-from guideline_lib.io import save_library
 from guideline_lib.embedded import base_model_path
+from guideline_lib.io import save_library
 
 
 def _invoke(*args: str):  # type: ignore[no-untyped-def]

@@ -10,20 +10,20 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from guideline_lib.embedded import base_model_path
 from guideline_lib.io import save_library
 from guideline_lib.schema import Library
 from retriever.backends import (
     BACKENDS,
     backend_of,
-    derived_path,
     backend_path,
+    derived_path,
     export_encoder,
     is_current,
     load_backend_encoder,
     model_hash,
     read_manifest,
 )
-from guideline_lib.embedded import base_model_path
 from retriever.encoder import Encoder, EncoderError
 from retriever.index import IndexLoadError, load_index
 from retriever.prepare import prepare_retriever

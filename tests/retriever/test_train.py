@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from guideline_lib.io import default_library_path, load_library
 from guideline_lib.schema import Library
 from retriever.backends import MANIFEST
@@ -45,6 +47,7 @@ def test_mined_negatives_linked_to_the_same_input_are_dropped(small_lib):
     assert kept["negative"] == [unrelated]
 
 
+@pytest.mark.slow
 def test_training_improves_heldout_metrics(tmp_path):
     lib = subset(load_library(default_library_path()))
     out = tmp_path / "enc"
