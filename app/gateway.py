@@ -20,6 +20,10 @@ def guidance_headers(guidance: Guidance) -> dict[str, str]:
         "x-guide-align-guidelines": ",".join(header_token(h.id) for h in guidance.hits),
         "x-guide-align-categories": ",".join(header_token(c) for c in cats),
     }
+    if guidance.risk is not None:
+        top = ",".join(f"{header_token(c)}={v:.3f}" for c, v in guidance.risk.top(3))
+        headers["x-guide-align-risk"] = f"{guidance.risk.score:.3f};gate={guidance.gate}" + (
+            f";{top}" if top else "")
     if guidance.ignored:
         headers["x-guide-align-ignored"] = ",".join(guidance.ignored)
     return headers

@@ -17,6 +17,7 @@ from app.errors import install_handlers
 from app.routes import router
 from app.upstream import Upstream, build_client
 from guide.batching import BatchingGuide
+from judge.model import LinearHeads
 from retriever.search import DenseRetriever
 
 log = logging.getLogger("guide_align")
@@ -33,28 +34,33 @@ def create_app(
     settings: Settings | None = None,
     *,
     retriever: DenseRetriever | None = None,
+    judge: LinearHeads | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
 ) -> FastAPI:
     """Build the gateway over prepared artifacts (`guide-align prepare` makes them).
 
-    ``retriever`` and ``transport`` are seams for tests and embedding.
+    ``retriever``, ``judge`` and ``transport`` are seams for tests and embedding; a given
+    retriever runs without a judge unless one is given too.
     """
     settings = settings or get_settings()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # models load from local paths only
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        loaded = (retriever if retriever is not None
-                  else await anyio.to_thread.run_sync(settings.open_retriever))
-        guider = BatchingGuide(loaded, max_batch=settings.max_batch)
+        loaded, heads = retriever, judge
+        if loaded is None:
+            loaded = await anyio.to_thread.run_sync(settings.open_retriever)
+            heads = await anyio.to_thread.run_sync(settings.open_judge, loaded)
+        guider = BatchingGuide(loaded, judge=heads, max_batch=settings.max_batch)
         guider.start()
         async with build_client(settings, transport) as client:
             app.state.settings = settings
             app.state.upstream = Upstream(client, settings)
             app.state.guide = guider
-            app.state.policy = settings.policy()
-            log.info("guide-align ready: %d guidelines, upstream %s",
-                     loaded.size, settings.upstream_base_url)
+            app.state.policy = settings.policy(heads)
+            log.info("guide-align ready: %d guidelines, risk gate %s, upstream %s", loaded.size,
+                     "off" if app.state.policy.risk_threshold is None else
+                     f"at {app.state.policy.risk_threshold:.3f}", settings.upstream_base_url)
             try:
                 yield
             finally:

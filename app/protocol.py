@@ -45,3 +45,21 @@ class SearchRequest(BaseModel):
         opts = self.guide_align or GuideOptions()
         top = {n: v for n, v in (("k", self.k), ("min_score", self.min_score)) if v is not None}
         return opts.model_copy(update=top) if top else opts
+
+
+class ModerationRequest(BaseModel):
+    """Body of POST /v1/moderations (OpenAI's shape): one text, or a list of texts or of
+    ``{"type": "text", "text": ...}`` parts."""
+
+    model_config = ConfigDict(extra="allow")
+
+    input: str | list[str] | list[dict[str, Any]]
+    model: str | None = None
+
+
+class JudgementRequest(BaseModel):
+    """Body of POST /v1/judgements: a conversation whose last message is the answer to judge."""
+
+    model_config = ConfigDict(extra="allow")
+
+    messages: list[ChatMessage] = Field(min_length=2)

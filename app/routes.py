@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Any, TypeVar
 
+import anyio.to_thread
 import orjson
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ValidationError
@@ -20,11 +22,18 @@ from app.errors import (
     UpstreamClientError,
 )
 from app.gateway import guidance_headers
-from app.protocol import ChatCompletionRequest, SearchRequest
+from app.protocol import (
+    ChatCompletionRequest,
+    JudgementRequest,
+    ModerationRequest,
+    SearchRequest,
+)
 from app.upstream import Upstream, relay_sse, relayed_headers
 from guide.batching import BatchingGuide
+from guide.judging import assess_batch, judge_batch
 from guide.options import Applied, GuideOptions, apply_options
 from guide.step import Guidance, latest_user_text
+from guideline_lib.taxonomy import openai_scores
 
 router = APIRouter()
 M = TypeVar("M", bound=BaseModel)
@@ -128,11 +137,87 @@ async def search_guidelines(request: Request) -> Response:
     if not latest_user_text(messages):
         raise BadRequest("input has no user text to search for", param="input")
     guidance = await _guide(request, messages, parsed.options())
-    body: dict[str, Any] = {"object": "list", "query": list(guidance.views),
-                            "data": [h.as_dict() for h in guidance.hits]}
+    body: dict[str, Any] = {"object": "list", "data": [h.as_dict() for h in guidance.hits],
+                            "views": list(guidance.views)}
     if guidance.ignored:
         body["ignored"] = list(guidance.ignored)
     return _json(body, headers=guidance_headers(guidance))
+
+
+def _judge(request: Request) -> Any:
+    guider = _state(request)[2]
+    if guider.judge is None:
+        raise NotReady("no judge is loaded (the risk gate is off); run `guide-align prepare`")
+    return guider
+
+
+@router.post("/v1/moderations")
+async def moderations(request: Request) -> Response:
+    """OpenAI-compatible moderation by the prompt-risk judge: taxonomy ids as categories, plus
+    OpenAI's own category names where a taxonomy category maps onto them."""
+    settings = request.app.state.settings
+    guider = _judge(request)
+    parsed = _parse(ModerationRequest, await _read_json(request, settings.max_body_bytes))
+    texts = _moderation_texts(parsed.input)
+    threshold = request.app.state.policy.risk_threshold or guider.judge.threshold
+    risks = await anyio.to_thread.run_sync(
+        lambda: assess_batch([[{"role": "user", "content": t}] for t in texts],
+                             guider.retriever, guider.judge, window=settings.window))
+    results = []
+    for risk in risks:
+        flagged = risk.score >= threshold
+        scores = {c: round(v, 4) for c, v in risk.categories.items()}
+        scores |= {n: round(v, 4) for n, v in openai_scores(risk.categories).items()}
+        results.append({
+            "flagged": flagged,
+            "categories": {n: flagged and v >= 0.5 for n, v in scores.items()},
+            "category_scores": scores,
+            "category_applied_input_types": {n: ["text"] for n in scores},
+            "risk": round(risk.score, 4),
+        })
+    return _json({"id": f"modr-{uuid.uuid4().hex[:24]}", "model": parsed.model or
+                  "guide-align-judge", "results": results})
+
+
+def _moderation_texts(value: str | list[str] | list[dict[str, Any]]) -> list[str]:
+    if isinstance(value, str):
+        items: list[Any] = [value]
+    else:
+        items = list(value)
+    if not items:
+        raise BadRequest("input must not be empty", param="input")
+    texts = []
+    for n, item in enumerate(items):
+        if isinstance(item, dict):
+            if item.get("type") != "text" or not isinstance(item.get("text"), str):
+                raise BadRequest(f"input[{n}]: only text parts can be moderated", param="input")
+            item = item["text"]
+        texts.append(item)
+    return texts
+
+
+@router.post("/v1/judgements")
+async def judgements(request: Request) -> Response:
+    """The response judge on a conversation ending with the assistant answer to judge."""
+    settings = request.app.state.settings
+    guider = _judge(request)
+    parsed = _parse(JudgementRequest, await _read_json(request, settings.max_body_bytes))
+    messages = [m.model_dump() for m in parsed.messages]
+    last = messages[-1]
+    if last.get("role") != "assistant" or not isinstance(last.get("content"), str | list):
+        raise UnprocessableEntity("the last message must be the assistant answer to judge",
+                                  param="messages")
+    if not latest_user_text(messages[:-1]):
+        raise UnprocessableEntity("messages need a user turn before the answer",
+                                  param="messages")
+    answer = last["content"] if isinstance(last["content"], str) else " ".join(
+        p.get("text", "") for p in last["content"] if isinstance(p, dict))
+    verdict = (await anyio.to_thread.run_sync(
+        lambda: judge_batch([messages[:-1]], [answer], guider.retriever, guider.judge)))[0]
+    return _json({"object": "judgement", "label": verdict.label,
+                  "scores": {k: round(v, 4) for k, v in verdict.scores.items()},
+                  "categories": {k: round(v, 4) for k, v in sorted(
+                      verdict.categories.items(), key=lambda kv: -kv[1])[:5]}})
 
 
 @router.get("/v1/models")

@@ -71,6 +71,7 @@ def generate(
     from guideline_lib.batch import RunStopped
     from guideline_lib.inputs import InputError, read_inputs
     from guideline_lib.io import LibraryError
+    from judge.model import JudgeError
     from retriever.encoder import EncoderError
     from retriever.index import IndexLoadError
 
@@ -91,20 +92,21 @@ def generate(
     try:
         ws.prepare(train=False, log=console.print)
         retriever = ws.open_retriever()
-    except (LibraryError, IndexLoadError, EncoderError, OSError) as exc:
+        judge = ws.open_judge(retriever)  # the gateway's risk gate, when it is on
+    except (LibraryError, IndexLoadError, EncoderError, JudgeError, OSError) as exc:
         raise _fail(f"cannot open the retriever: {exc}") from None
     enc_info = {"path": str(ws.retriever_paths().encoder), "backend": ws.encoder_backend,
                 "hash": str(retriever.index.manifest.get("encoder_hash", ""))}
     llm = LLMConfig(base_url=base_url, model=model, api_key=api_key, temperature=temperature,
                     max_tokens=max_tokens, timeout=timeout, max_retries=retries,
                     concurrency=concurrency)
-    config = GenerateConfig(policy=ws.policy(), system=system, retry_failed=retry_failed)
+    config = GenerateConfig(policy=ws.policy(judge), system=system, retry_failed=retry_failed)
     try:
         result = generate_run(items, run, retriever=retriever, encoder_info=enc_info, llm=llm,
                               config=config, inputs=[str(p) for p in inputs],
                               read={"rows": read.read, "kept": read.kept,
                                     "skipped": read.skipped},
-                              cache=cache, show_progress=progress)
+                              cache=cache, judge=judge, show_progress=progress)
     except RunError as exc:
         raise _fail(str(exc)) from None
     except RunStopped as exc:

@@ -11,6 +11,7 @@ import typer
 from app.config import Settings
 from cli.common import console, fail, settings
 from cli.finetune import app as finetune_app
+from cli.judge import app as judge_app
 from cli.library import app as library_app
 from cli.retriever import app as retriever_app
 
@@ -18,6 +19,7 @@ app = typer.Typer(help="Guide-Align: guideline-retrieval alignment gateway for L
                   no_args_is_help=True)
 app.add_typer(library_app, name="library")
 app.add_typer(retriever_app, name="retriever")
+app.add_typer(judge_app, name="judge")
 app.add_typer(finetune_app, name="finetune")
 
 

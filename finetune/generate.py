@@ -30,6 +30,7 @@ from guideline_lib.llm import (
 )
 from guideline_lib.render import PREAMBLE
 from guideline_lib.schema import utc_now
+from judge.model import LinearHeads
 from retriever.search import DenseRetriever
 
 
@@ -51,13 +52,15 @@ class GenerateRun:
 
 
 def fingerprint(config: GenerateConfig, llm: LLMConfig, *, library_hash: str,
-                encoder_hash: str = "") -> str:
+                encoder_hash: str = "", judge_hash: str = "") -> str:
     """Short hash of everything that shapes a guided answer; a run directory keeps one."""
     payload = {
         "model": llm.model, "temperature": llm.temperature, "max_tokens": llm.max_tokens,
         "select": asdict(config.policy.select), "window": config.policy.window,
         "guidance": config.policy.enabled, "system": config.system,
         "library": library_hash, "encoder": encoder_hash, "preamble": PREAMBLE,
+        **({"judge": judge_hash, "risk_threshold": config.policy.risk_threshold}
+           if judge_hash else {}),
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -74,8 +77,10 @@ def client_messages(item: InputItem, *, system: str | None) -> list[dict[str, An
 class GuidedAnswerer:
     """Retrieves, injects and asks for one input at a time; safe to share between lanes."""
 
-    def __init__(self, retriever: DenseRetriever, client: LLMClient, config: GenerateConfig):
+    def __init__(self, retriever: DenseRetriever, client: LLMClient, config: GenerateConfig,
+                 judge: LinearHeads | None = None):
         self.retriever = retriever
+        self.judge = judge
         self.client = client
         self.config = config
         # The encoder is CPU-bound: one search at a time, off the event loop.
@@ -87,7 +92,7 @@ class GuidedAnswerer:
         messages = client_messages(item, system=self.config.system)
         async with self._search_lock:  # the gateway's guide step, word for word
             guidance = await asyncio.to_thread(guide, messages, self.retriever,
-                                               self.config.policy)
+                                               self.config.policy, judge=self.judge)
         retrieval_s = time.monotonic() - started
         hits, sent = guidance.hits, guidance.messages
         record: dict[str, Any] = {
@@ -126,13 +131,14 @@ async def generate_answers(
     client: LLMClient,
     journal: Journal,
     config: GenerateConfig,
+    judge: LinearHeads | None = None,
     show_progress: bool = True,
 ) -> BatchStats:
     """Guided answers for every input not yet in the journal; each lands there as it finishes.
 
     Safe to kill at any point: the journal keeps finished inputs, and a rerun skips them.
     """
-    answerer = GuidedAnswerer(retriever, client, config)
+    answerer = GuidedAnswerer(retriever, client, config, judge)
     return await run_batch(items, answerer, journal=journal, key=lambda i: i.key,
                            concurrency=client.config.concurrency, desc="generate",
                            show_progress=show_progress, retry_failed=config.retry_failed,
@@ -153,6 +159,7 @@ async def execute_generate(
     journal: Journal,
     config: GenerateConfig,
     cache: ResponseCache | None = None,
+    judge: LinearHeads | None = None,
     show_progress: bool = True,
     transport: httpx.AsyncBaseTransport | None = None,
 ) -> GenerateRun:
@@ -160,7 +167,7 @@ async def execute_generate(
     async with LLMClient(llm, cache=cache, transport=transport) as client:
         if pending(items, journal, retry_failed=config.retry_failed):
             await client.ping()
-        stats = await generate_answers(items, retriever=retriever, client=client,
+        stats = await generate_answers(items, retriever=retriever, client=client, judge=judge,
                                        journal=journal, config=config,
                                        show_progress=show_progress)
         return GenerateRun(stats=stats, calls=client.stats)
@@ -211,6 +218,7 @@ def generate_run(
     inputs: Sequence[str] = (),
     read: dict[str, Any] | None = None,
     cache: bool = True,
+    judge: LinearHeads | None = None,
     show_progress: bool = True,
     transport: httpx.AsyncBaseTransport | None = None,
 ) -> GenerateResult:
@@ -221,7 +229,8 @@ def generate_run(
     """
     lib = retriever.library
     fp = fingerprint(config, llm, library_hash=lib.content_hash(),
-                     encoder_hash=str(encoder_info.get("hash", "")))
+                     encoder_hash=str(encoder_info.get("hash", "")),
+                     judge_hash=str(judge.manifest.get("data_hash", "")) if judge else "")
     earlier = check_run(run_dir, fp)
     notes = []
     endpoint = (earlier or {}).get("llm", {}).get("endpoint")
@@ -241,7 +250,7 @@ def generate_run(
     journal = open_journal(run_dir)
     response_cache = ResponseCache(run_dir / CACHE) if cache else None
     result = run_journaled(execute_generate(items, retriever=retriever, llm=llm, journal=journal,
-                                            config=config, cache=response_cache,
+                                            config=config, cache=response_cache, judge=judge,
                                             show_progress=show_progress, transport=transport),
                            journal=journal, cache=response_cache)
     n_failed = len(journal.failed_keys())

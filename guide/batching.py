@@ -12,6 +12,7 @@ import anyio.to_thread
 
 from guide.options import Applied
 from guide.step import Guidance, guide_batch
+from judge.model import LinearHeads
 from retriever.search import DenseRetriever
 
 
@@ -29,8 +30,10 @@ class BatchingGuide:
     than n single calls, and running it in a worker thread keeps the loop free for streaming.
     """
 
-    def __init__(self, retriever: DenseRetriever, *, max_batch: int = 64):
+    def __init__(self, retriever: DenseRetriever, *, judge: LinearHeads | None = None,
+                 max_batch: int = 64):
         self.retriever = retriever
+        self.judge = judge
         self.max_batch = max_batch
         self._queue: asyncio.Queue[_Item] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
@@ -80,5 +83,5 @@ class BatchingGuide:
 
     def _guide_sync(self, items: Sequence[_Item]) -> list[Guidance]:
         return guide_batch([i.messages for i in items], self.retriever,
-                           [i.applied.policy for i in items],
+                           [i.applied.policy for i in items], judge=self.judge,
                            ignored=[i.applied.ignored for i in items])

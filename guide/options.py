@@ -1,10 +1,10 @@
 """The options contract: a request's ``guide_align`` options may tighten the policy, not loosen it.
 
 "Tighter" means more guidance: guidance on, more guidelines (``k`` up), weaker matches allowed
-(``min_score`` down), safety guidelines kept more readily (``safety_margin`` down; no margin at
-all is the tightest). Each option states its own order once, in ``RULES``; later stages add
-theirs the same way (risk threshold down; backtracking off < monitor < enforce; refinement
-off < retrieve < rewrite). A deployment may allow loosening (``allow_loosen``).
+(``min_score`` down), safety guidelines kept more readily (``safety_margin`` down, no margin at
+all being the tightest; ``risk_threshold`` down). Each option states its own order once, in
+``RULES``; later stages add theirs the same way (backtracking off < monitor < enforce;
+refinement off < retrieve < rewrite). A deployment may allow loosening (``allow_loosen``).
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ class GuideOptions(BaseModel):
     k: int | None = Field(None, ge=0, le=K_MAX)
     min_score: float | None = Field(None, ge=-1.0, le=1.0)
     safety_margin: float | None = Field(None, ge=-1.0, le=1.0)
+    risk_threshold: float | None = Field(None, ge=0.0, le=1.0)
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,11 @@ class Policy:
     enabled: bool = True
     select: SelectConfig = field(default_factory=SelectConfig)
     window: int = 3
+    # The prompt-risk gate: below this P(risky) no safety guideline is injected (None: no gate,
+    # the safety-margin rule decides). Safety candidates of likely categories gain
+    # category_weight x P(category) when the gate is open.
+    risk_threshold: float | None = None
+    category_weight: float = 0.2
 
 
 @dataclass(frozen=True)
@@ -60,8 +66,9 @@ def _select(**changes: Any) -> Callable[[Policy, Any], Policy]:
     return apply
 
 
-def _margin_tighter(requested: float, current: float | None) -> bool:
-    return current is not None and requested <= current  # no margin keeps every safety hit
+def _lower_is_tighter(requested: float, current: float | None) -> bool:
+    # no margin keeps every safety hit; no gate leaves safety to the margin rule
+    return current is not None and requested <= current
 
 
 RULES: dict[str, Rule] = {
@@ -71,7 +78,10 @@ RULES: dict[str, Rule] = {
     "min_score": Rule(lambda p: p.select.min_score, _select(min_score=None),
                       lambda req, cur: req <= cur),
     "safety_margin": Rule(lambda p: p.select.safety_margin, _select(safety_margin=None),
-                          _margin_tighter),
+                          _lower_is_tighter),
+    "risk_threshold": Rule(lambda p: p.risk_threshold,
+                           lambda p, v: dataclasses.replace(p, risk_threshold=v),
+                           _lower_is_tighter),
 }
 
 

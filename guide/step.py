@@ -1,17 +1,20 @@
-"""The one guide step: conversation -> query views -> search -> select -> render into messages.
+"""The one guide step: conversation -> query views -> prompt risk -> search -> gate and select ->
+render into messages.
 
-Every caller (the chat route, the search endpoint, `guide-align retriever search`, finetune
-generate) goes through ``guide_batch``; later stages (risk gate, refinement) plug in here.
+Every caller (the chat route, the search and moderation endpoints, `guide-align retriever
+search`, finetune generate) goes through ``guide_batch``; later stages plug in here.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from guide.options import Policy
 from guideline_lib.render import inject_system, render_guidelines
+from judge.model import LinearHeads, Risk
 from retriever.query import conversation_query, query_views
 from retriever.types import Hit, Retriever
 
@@ -26,12 +29,17 @@ class Guidance:
     messages: Messages  # the conversation with the guideline block injected (if any)
     views: tuple[str, ...] = ()  # the texts that were embedded
     ignored: tuple[str, ...] = field(default=())  # request options not applied (looser)
+    risk: Risk | None = None  # prompt risk, when a judge is loaded
+    gate: str = "off"  # "open" / "closed" when the risk gate decided, "off" otherwise
 
     def body_field(self) -> dict[str, Any]:
         """The ``guide_align`` field of a non-streaming answer."""
         out: dict[str, Any] = {"guidelines": [
             {"id": h.id, "category": h.category, "kind": h.kind, "score": round(h.score, 4)}
             for h in self.hits]}
+        if self.risk is not None:
+            out["risk"] = {"score": round(self.risk.score, 4), "gate": self.gate,
+                           "categories": {c: round(s, 4) for c, s in self.risk.top(3)}}
         if self.ignored:
             out["ignored"] = list(self.ignored)
         return out
@@ -50,10 +58,23 @@ def latest_user_text(messages: Sequence[dict[str, Any]]) -> str:
 
 
 def plan_views(messages: Sequence[dict[str, Any]], policy: Policy) -> tuple[str, ...]:
-    """The texts the retriever embeds for a conversation under ``policy`` (none when off)."""
+    """The texts embedded for a conversation under ``policy`` (none when guidance is off)."""
     if not policy.enabled or policy.select.k == 0:
         return ()
     return query_views(messages, window=policy.window)
+
+
+def gate(hits: Sequence[Hit], risk: Risk | None, policy: Policy) -> tuple[list[Hit], str]:
+    """The risk gate: below the threshold no safety guideline is kept; at or above it, safety
+    candidates gain ``category_weight`` x the probability of their category, then re-rank."""
+    if risk is None or policy.risk_threshold is None:
+        return list(hits), "off"
+    if risk.score < policy.risk_threshold:
+        return [h for h in hits if h.kind != "safety"], "closed"
+    boosted = [dataclasses.replace(h, score=h.score + policy.category_weight
+                                   * risk.categories.get(h.category, 0.0))
+               if h.kind == "safety" else h for h in hits]
+    return sorted(boosted, key=lambda h: -h.score), "open"
 
 
 def guide_batch(
@@ -61,20 +82,33 @@ def guide_batch(
     retriever: Retriever,
     policies: Sequence[Policy],
     *,
+    judge: LinearHeads | None = None,
     ignored: Sequence[tuple[str, ...]] | None = None,
 ) -> list[Guidance]:
     """Guidance for many conversations, each under its own policy, in one encoder call."""
     views = [plan_views(m, p) for m, p in zip(conversations, policies, strict=True)]
-    hits = retriever.search_batch(views, [p.select for p in policies])
+    groups = [len(v) for v in views]
+    vectors = retriever.encode(views)
+    risks: list[Risk | None] = (list(judge.risks(vectors, groups)) if judge is not None
+                                else [None] * len(views))
+    ranked = retriever.candidates(vectors, groups, [p.select for p in policies])
     notes = ignored if ignored is not None else [()] * len(conversations)
     out = []
-    for messages, v, h, note in zip(conversations, views, hits, notes, strict=True):
-        out.append(Guidance(hits=h, messages=inject_system(list(messages), render_guidelines(h)),
-                            views=v, ignored=tuple(note)))
+    for messages, v, cands, risk, policy, note in zip(conversations, views, ranked, risks,
+                                                      policies, notes, strict=True):
+        risk = risk if v else None
+        gated, decision = gate(cands, risk, policy)
+        select = policy.select
+        if decision != "off":  # the gate replaces the safety-margin rule
+            select = dataclasses.replace(select, safety_margin=None)
+        hits = retriever.select(gated, select)
+        out.append(Guidance(hits=hits, messages=inject_system(list(messages),
+                                                              render_guidelines(hits)),
+                            views=v, ignored=tuple(note), risk=risk, gate=decision))
     return out
 
 
-def guide(conversation: str | Sequence[dict[str, Any]], retriever: Retriever,
-          policy: Policy) -> Guidance:
+def guide(conversation: str | Sequence[dict[str, Any]], retriever: Retriever, policy: Policy,
+          *, judge: LinearHeads | None = None) -> Guidance:
     """Guidance for one text or conversation."""
-    return guide_batch([as_conversation(conversation)], retriever, [policy])[0]
+    return guide_batch([as_conversation(conversation)], retriever, [policy], judge=judge)[0]

@@ -22,6 +22,8 @@ from pydantic_settings import (
 
 from guide.options import Policy
 from guideline_lib.io import default_library_path
+from judge.model import LinearHeads, load_heads
+from judge.prepare import ensure_judge
 from retriever.backends import BACKENDS, DEFAULT_BACKEND, SOURCE_BACKEND
 from retriever.encoder import set_torch_threads
 from retriever.prepare import Prepared, prepare_retriever
@@ -69,6 +71,11 @@ class Workspace(BaseSettings):
     candidates: int = Field(_DEFAULT_SELECT.candidates, ge=1, le=500)
     mmr: bool = _DEFAULT_SELECT.mmr
     window: int = Field(3, ge=0, le=50)
+    # The prompt-risk gate (judge/): on by default; its threshold is the judge's own (chosen on
+    # its dev split) unless set here. Off: the safety-margin rule decides alone.
+    risk_gate: bool = True
+    risk_threshold: float | None = Field(None, ge=0.0, le=1.0)
+    category_weight: float = Field(0.2, ge=0.0, le=1.0)
     # Per-request `guide_align` options may only tighten the policy unless this is set.
     allow_loosen: bool = False
 
@@ -121,9 +128,15 @@ class Workspace(BaseSettings):
                             dedup_threshold=self.dedup_threshold, candidates=self.candidates,
                             safety_margin=self.safety_margin, mmr=self.mmr)
 
-    def policy(self) -> Policy:
-        """The deployment's guidance policy, before any request options."""
-        return Policy(enabled=self.guidance, select=self.select_config(), window=self.window)
+    def policy(self, judge: LinearHeads | None = None) -> Policy:
+        """The deployment's guidance policy, before any request options (the risk gate needs
+        the ``judge`` it will run with: its threshold is the default)."""
+        threshold = None
+        if self.risk_gate and judge is not None:
+            threshold = self.risk_threshold if self.risk_threshold is not None \
+                else judge.threshold
+        return Policy(enabled=self.guidance, select=self.select_config(), window=self.window,
+                      risk_threshold=threshold, category_weight=self.category_weight)
 
     def retriever_paths(self) -> RetrieverPaths:
         """Where the retriever's library, encoder, exports and index live."""
@@ -132,10 +145,22 @@ class Workspace(BaseSettings):
                               exports=self.exports_path)
 
     def prepare(self, *, train: bool = True, log: Callable[[str], None] = print) -> Prepared:
-        """Make the retriever's artifacts ready (train only the default encoder, never one the
-        user named); the one step that writes them."""
-        return prepare_retriever(self.retriever_paths(), backend=self.encoder_backend,
+        """Make the artifacts ready (train only the default encoder, never one the user named;
+        the judge is retrained whenever the serving encoder changes); the one step that
+        writes them."""
+        done = prepare_retriever(self.retriever_paths(), backend=self.encoder_backend,
                                  train=train and self.encoder_path is None, log=log)
+        if self.risk_gate and ensure_judge(self.judge_path, done.backend_encoder,
+                                           self.encoder_backend, log=log):
+            done.made.append(f"judge {self.judge_path}")
+        return done
+
+    def open_judge(self, retriever: DenseRetriever) -> LinearHeads | None:
+        """The prepared judge for ``retriever``'s encoder (None when the gate is off)."""
+        if not self.risk_gate:
+            return None
+        return load_heads(self.judge_path, encoder_hash=str(
+            retriever.index.manifest.get("encoder_hash", "")))
 
     def open_retriever(self) -> DenseRetriever:
         """The prepared retriever (read only; a missing artifact names `guide-align prepare`)."""

@@ -161,3 +161,32 @@ def normalise_category(label: str, *, strict: bool = False) -> str | None:
             return cid
     best = process.extractOne(key, list(TAXONOMY), scorer=fuzz.ratio, score_cutoff=80)
     return best[0] if best else None
+
+
+# OpenAI's moderation category names, each scored from taxonomy ids: the highest of ``ANY``,
+# or, for the "threatening" ones, the lowest of ``ALL`` (both harms at once).
+OPENAI_ANY: dict[str, tuple[str, ...]] = {
+    "harassment": ("harassment_toxicity",),
+    "hate": ("hate_discrimination",),
+    "illicit": ("illegal_goods_drugs", "other_crime", "cybercrime", "fraud_deception",
+                "weapons"),
+    "illicit/violent": ("weapons",),
+    "self-harm": ("self_harm",),
+    "self-harm/instructions": ("self_harm",),
+    "self-harm/intent": ("self_harm",),
+    "sexual": ("sexual_content",),
+    "sexual/minors": ("child_safety",),
+    "violence": ("violence",),
+    "violence/graphic": ("violence",),
+}
+OPENAI_ALL: dict[str, tuple[str, ...]] = {
+    "harassment/threatening": ("harassment_toxicity", "violence"),
+    "hate/threatening": ("hate_discrimination", "violence"),
+}
+
+
+def openai_scores(scores: dict[str, float]) -> dict[str, float]:
+    """OpenAI moderation category scores derived from taxonomy category scores."""
+    out = {name: max(scores.get(c, 0.0) for c in ids) for name, ids in OPENAI_ANY.items()}
+    out |= {name: min(scores.get(c, 0.0) for c in ids) for name, ids in OPENAI_ALL.items()}
+    return out

@@ -6,6 +6,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import numpy as np
+
 # A query is plain text or an OpenAI-style message list.
 Query = str | Sequence[dict[str, Any]]
 
@@ -52,7 +54,12 @@ class SelectConfig:
 class Retriever(Protocol):
     """Ranks library guidelines for queries given as views; the guide step depends on this."""
 
-    def search(self, views: Sequence[str], config: SelectConfig) -> list[Hit]: ...
-
     def search_batch(self, views: Sequence[Sequence[str]],
                      configs: Sequence[SelectConfig]) -> list[list[Hit]]: ...
+
+    def encode(self, views: Sequence[Sequence[str]]) -> np.ndarray: ...
+
+    def candidates(self, vectors: np.ndarray, groups: Sequence[int],
+                   configs: Sequence[SelectConfig]) -> list[list[Hit]]: ...
+
+    def select(self, hits: Sequence[Hit], config: SelectConfig) -> list[Hit]: ...

@@ -10,6 +10,10 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Command-line and subprocess tests run small libraries; training the full judge for each would
+# dominate the suite. Tests of the risk gate pass a small trained judge explicitly
+# (tests/judge), and tests/judge/test_train.py checks that prepare trains and reuses it.
+os.environ.setdefault("GUIDE_ALIGN_RISK_GATE", "false")
 
 from guideline_lib.schema import Example, Guideline, Library, Manifest
 

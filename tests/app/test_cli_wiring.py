@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ("app", "cli", "guide", "guideline_lib", "retriever", "finetune")
+PACKAGES = ("app", "cli", "guide", "guideline_lib", "judge", "retriever", "finetune")
 # Where the process starts: these may read the environment.
 EDGES = {"cli", "app/main.py"}
 
@@ -33,10 +33,12 @@ def _imported_packages(package: str) -> set[str]:
 
 
 def test_imports_go_one_way():
-    # cli -> app, finetune -> guide -> retriever -> guideline_lib; nothing imports app or cli.
-    assert not {"app", "cli", "guide", "retriever", "finetune"} & _imported_packages(
+    # cli -> app, finetune -> guide -> judge -> retriever -> guideline_lib; nothing imports
+    # app or cli.
+    assert not {"app", "cli", "guide", "judge", "retriever", "finetune"} & _imported_packages(
         "guideline_lib")
-    assert not {"app", "cli", "guide", "finetune"} & _imported_packages("retriever")
+    assert not {"app", "cli", "guide", "judge", "finetune"} & _imported_packages("retriever")
+    assert not {"app", "cli", "guide", "finetune"} & _imported_packages("judge")
     assert not {"app", "cli", "finetune"} & _imported_packages("guide")
     assert not {"app", "cli"} & _imported_packages("finetune")
     assert "cli" not in _imported_packages("app")

@@ -1,0 +1,136 @@
+"""`guide-align judge ...`: train, evaluate, export, classify."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from cli.common import console, fail, settings
+
+app = typer.Typer(help="The judge: prompt risk and the response judge.", no_args_is_help=True)
+Opt = typer.Option
+
+
+def _ready(output: Path | None = None) -> Any:
+    """The workspace with its retriever prepared (the judge reads the serving encoder)."""
+    from guideline_lib.io import LibraryError
+    from retriever.encoder import EncoderError
+
+    ws = settings(judge_path=output)
+    try:
+        from retriever.prepare import prepare_retriever
+
+        done = prepare_retriever(ws.retriever_paths(), backend=ws.encoder_backend, train=False,
+                                 log=console.print)
+    except (LibraryError, EncoderError) as exc:
+        raise fail(str(exc)) from None
+    return ws, done.backend_encoder
+
+
+def _metrics_table(metrics: dict[str, Any], title: str) -> Table:
+    table = Table(title=title)
+    table.add_column("head")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for head, values in metrics.items():
+        for key, value in values.items():
+            table.add_row(head, key, f"{value:.3f}" if isinstance(value, float) else str(value))
+    return table
+
+
+@app.command()
+def train(
+    output: Annotated[Path | None, Opt("-o", "--output", help="Judge directory (default: the "
+                                       "workspace's, var/judge)")] = None,
+    target_fpr: Annotated[float, Opt(help="Dev false-positive rate the threshold allows")] = 0.05,
+    seed: Annotated[int, Opt()] = 13,
+) -> None:
+    """Train the prompt-risk and response heads on judge/data (fixed seed); prints test metrics."""
+    from judge.data import answer_rows, load_families, prompt_rows
+    from judge.model import save_heads
+    from judge.prepare import seeds_hash
+    from judge.train import JudgeTrainConfig, train_heads
+    from retriever.backends import load_backend_encoder, model_hash
+
+    ws, enc_dir = _ready(output)
+    families = load_families()
+    prompts, answers = prompt_rows(families, seed=seed), answer_rows(families, seed=seed)
+    heads, metrics = train_heads(
+        prompts, answers, load_backend_encoder(str(enc_dir), ws.encoder_backend),
+        encoder_hash=model_hash(enc_dir), progress=console.print,
+        config=JudgeTrainConfig(target_fpr=target_fpr, seed=seed))
+    heads.manifest.update(seeds_hash=seeds_hash(), backend=ws.encoder_backend)
+    save_heads(heads, ws.judge_path)
+    console.print(_metrics_table(metrics, f"test split ({heads.manifest['counts']['test']} "
+                                          "prompts of unseen families)"))
+    console.print(f"saved {ws.judge_path}; gate threshold {heads.threshold:.3f} "
+                  f"({heads.manifest['seconds']:.0f}s)")
+
+
+@app.command()
+def evaluate() -> None:
+    """Test-split metrics of the saved judge on the current data."""
+    from judge.data import answer_rows, load_families, prompt_rows
+    from judge.train import embed_answers, embed_prompts, evaluate_heads
+
+    ws, _ = _ready()
+    retriever = ws.open_retriever()
+    heads = _open_judge(ws, retriever)
+    families = load_families()
+    prompts, answers = prompt_rows(families), answer_rows(families)
+    pv, groups = embed_prompts(retriever.encoder, prompts, window=ws.window)
+    metrics = evaluate_heads(heads, prompts, answers, pv, groups,
+                             embed_answers(retriever.encoder, answers))
+    console.print(_metrics_table(metrics, f"judge {ws.judge_path} on the test split"))
+
+
+@app.command()
+def export(
+    output: Annotated[Path, Opt("-o", "--output", help="Directory for the expanded data set")],
+) -> None:
+    """Write the expanded data set (prompts.jsonl, answers.jsonl) and its table of counts."""
+    from judge.data import answer_rows, counts_table, load_families, prompt_rows, write_jsonl
+
+    families = load_families()
+    prompts, answers = prompt_rows(families), answer_rows(families)
+    write_jsonl(prompts, output / "prompts.jsonl")
+    write_jsonl(answers, output / "answers.jsonl")
+    (output / "COUNTS.md").write_text(counts_table(prompts, answers), "utf-8")
+    console.print(f"wrote {len(prompts)} prompts and {len(answers)} answers to {output}")
+
+
+def _open_judge(ws: Any, retriever: Any) -> Any:
+    from judge.model import JudgeError, load_heads
+
+    try:
+        return load_heads(ws.judge_path,
+                          encoder_hash=str(retriever.index.manifest.get("encoder_hash", "")))
+    except JudgeError as exc:
+        raise fail(str(exc)) from None
+
+
+@app.command()
+def classify(
+    text: Annotated[str, typer.Argument(help="A user prompt")],
+    answer: Annotated[str | None, Opt(help="An assistant answer to judge instead")] = None,
+) -> None:
+    """Prompt risk and categories of a text, or the response judge's verdict on an answer."""
+    from guide.judging import assess_batch, judge_batch
+
+    ws, _ = _ready()
+    retriever = ws.open_retriever()
+    heads = _open_judge(ws, retriever)
+    conversation = [{"role": "user", "content": text}]
+    if answer is None:
+        risk = assess_batch([conversation], retriever, heads, window=ws.window)[0]
+        out: dict[str, Any] = {"risk": round(risk.score, 4),
+                               "flagged": risk.score >= heads.threshold,
+                               "categories": {c: round(s, 4) for c, s in risk.top(5)}}
+    else:
+        v = judge_batch([conversation], [answer], retriever, heads)[0]
+        out = {"label": v.label, "scores": {k: round(s, 4) for k, s in v.scores.items()}}
+    console.print_json(json.dumps(out))

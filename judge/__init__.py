@@ -1,0 +1,1 @@
+"""Prompt risk and response judge: data, training, calibrated linear heads, serving."""

@@ -1,0 +1,162 @@
+"""The judge's models: small linear heads on the retriever's own sentence embeddings.
+
+Prompt risk reads the embedding the guide step computes anyway (one row per query view; a
+conversation's risk is its riskiest view), so in the request path it costs one matrix product.
+The response judge reads the prompt and the answer (its head and its tail, so a long or growing
+answer is seen where it matters). Scores are calibrated on the dev split (isotonic, stored as
+breakpoints and applied with ``np.interp``), so a threshold means a probability.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from guideline_lib.io import MANIFEST, atomic_directory
+from guideline_lib.taxonomy import SAFETY_IDS
+
+WEIGHTS = "heads.npz"
+LABELS = ("unsafe", "refusal", "useful")
+TAIL_WORDS = 40
+
+
+class JudgeError(Exception):
+    """A judge directory is missing, corrupt or was trained for another encoder."""
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """A monotone map from raw score to probability (isotonic breakpoints)."""
+
+    x: np.ndarray
+    y: np.ndarray
+
+    def __call__(self, raw: np.ndarray) -> np.ndarray:
+        return np.interp(raw, self.x, self.y)
+
+
+@dataclass(frozen=True)
+class Risk:
+    """How risky a conversation is: P(risky) and a score per safety category."""
+
+    score: float
+    categories: dict[str, float]
+
+    def top(self, n: int = 3, *, floor: float = 0.0) -> list[tuple[str, float]]:
+        """The ``n`` most likely categories scoring at least ``floor``."""
+        ranked = sorted(self.categories.items(), key=lambda kv: -kv[1])
+        return [(c, s) for c, s in ranked[:n] if s >= floor]
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The response judge's label for one answer, with a probability per label and category."""
+
+    label: str
+    scores: dict[str, float]
+    categories: dict[str, float]
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-z))
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+@dataclass(frozen=True)
+class LinearHeads:
+    """Weights of both heads, their calibration, and the manifest they were saved with."""
+
+    risk_w: np.ndarray  # (dim,)
+    risk_b: float
+    risk_cal: Calibration
+    cat_w: np.ndarray  # (n_categories, dim)
+    cat_b: np.ndarray  # (n_categories,)
+    resp_w: np.ndarray  # (3, 4 * dim)
+    resp_b: np.ndarray  # (3,)
+    resp_cat_w: np.ndarray  # (n_categories, 4 * dim)
+    resp_cat_b: np.ndarray
+    threshold: float  # P(risky) at which the gate opens (chosen on dev)
+    manifest: dict[str, Any]
+
+    # -- prompt risk --------------------------------------------------------------------
+    def risk_raw(self, vectors: np.ndarray) -> np.ndarray:
+        """Raw risk logits per embedded row."""
+        return vectors @ self.risk_w + self.risk_b
+
+    def risks(self, vectors: np.ndarray, groups: Sequence[int]) -> list[Risk]:
+        """One Risk per query; ``groups`` gives how many consecutive rows (views) each has."""
+        prob = self.risk_cal(self.risk_raw(vectors))
+        cats = _sigmoid(vectors @ self.cat_w.T + self.cat_b)
+        out, start = [], 0
+        for n in groups:
+            if n == 0:
+                out.append(Risk(0.0, dict.fromkeys(SAFETY_IDS, 0.0)))
+                continue
+            block = slice(start, start + n)
+            out.append(Risk(float(prob[block].max()),
+                            dict(zip(SAFETY_IDS, cats[block].max(axis=0).tolist(), strict=True))))
+            start += n
+        return out
+
+    # -- response judge -----------------------------------------------------------------
+    def verdicts(self, features: np.ndarray) -> list[Verdict]:
+        """One Verdict per row of ``response_features``."""
+        probs = _softmax(features @ self.resp_w.T + self.resp_b)
+        cats = _sigmoid(features @ self.resp_cat_w.T + self.resp_cat_b)
+        return [Verdict(LABELS[int(p.argmax())], dict(zip(LABELS, p.tolist(), strict=True)),
+                        dict(zip(SAFETY_IDS, c.tolist(), strict=True)))
+                for p, c in zip(probs, cats, strict=True)]
+
+
+def answer_views(answer: str) -> tuple[str, str]:
+    """An answer's head (what the encoder reads first) and its last ``TAIL_WORDS`` words."""
+    words = answer.split()
+    return answer, " ".join(words[-TAIL_WORDS:])
+
+
+def response_features(prompt_vecs: np.ndarray, head_vecs: np.ndarray,
+                      tail_vecs: np.ndarray) -> np.ndarray:
+    """Features of (prompt, answer) pairs: the three embeddings and the prompt-answer product."""
+    return np.hstack([prompt_vecs, head_vecs, tail_vecs, prompt_vecs * head_vecs])
+
+
+def save_heads(heads: LinearHeads, path: Path) -> None:
+    """Write a judge directory atomically: weights and a manifest."""
+    with atomic_directory(Path(path)) as tmp:
+        np.savez(tmp / WEIGHTS, risk_w=heads.risk_w, risk_b=np.array([heads.risk_b]),
+                 risk_cal_x=heads.risk_cal.x, risk_cal_y=heads.risk_cal.y, cat_w=heads.cat_w,
+                 cat_b=heads.cat_b, resp_w=heads.resp_w, resp_b=heads.resp_b,
+                 resp_cat_w=heads.resp_cat_w, resp_cat_b=heads.resp_cat_b,
+                 threshold=np.array([heads.threshold]))
+        (tmp / MANIFEST).write_text(json.dumps(heads.manifest, indent=2) + "\n", "utf-8")
+
+
+def load_heads(path: Path, *, encoder_hash: str | None = None) -> LinearHeads:
+    """Read a judge directory, refusing one trained on another encoder's embeddings."""
+    path = Path(path)
+    try:
+        manifest = json.loads((path / MANIFEST).read_text("utf-8"))
+        w = np.load(path / WEIGHTS)
+    except (OSError, ValueError) as exc:
+        raise JudgeError(f"no usable judge at {path} ({exc}); run `guide-align prepare` or "
+                         "`guide-align judge train`") from None
+    if encoder_hash is not None and manifest.get("encoder_hash") != encoder_hash:
+        raise JudgeError(f"{path}: judge was trained on encoder "
+                         f"{str(manifest.get('encoder_hash'))[:12]}, but the encoder loaded is "
+                         f"{encoder_hash[:12]}; run `guide-align prepare` to retrain it")
+    if list(manifest.get("categories", [])) != list(SAFETY_IDS):
+        raise JudgeError(f"{path}: judge categories differ from the taxonomy; retrain it")
+    return LinearHeads(
+        risk_w=w["risk_w"], risk_b=float(w["risk_b"][0]),
+        risk_cal=Calibration(w["risk_cal_x"], w["risk_cal_y"]), cat_w=w["cat_w"],
+        cat_b=w["cat_b"], resp_w=w["resp_w"], resp_b=w["resp_b"], resp_cat_w=w["resp_cat_w"],
+        resp_cat_b=w["resp_cat_b"], threshold=float(w["threshold"][0]), manifest=manifest)
