@@ -16,11 +16,11 @@ CATEGORIES = ("cybercrime", "violence", "quality_coding", "quality_knowledge")
 
 @pytest.fixture(scope="session")
 def seed_subset(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Twelve families of each of a few categories, as a seeds directory."""
+    """Eight families of each of a few categories, as a seeds directory."""
     out = tmp_path_factory.mktemp("seeds")
     for cat in CATEGORIES:
         data = json.loads((SEEDS / f"{cat}.json").read_text("utf-8"))
-        data["families"] = data["families"][:12]
+        data["families"] = data["families"][:8]
         (out / f"{cat}.json").write_text(json.dumps(data), "utf-8")
     return out
 

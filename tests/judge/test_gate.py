@@ -27,7 +27,7 @@ def test_the_gate_drops_safety_guidelines_for_a_benign_alarming_prompt_only(smal
     assert all(h.kind == "quality" for h in benign.hits)
     assert harmful.gate == "open"
     assert harmful.hits[0].category == "cybercrime"
-    assert harmful.risk.top(1)[0][0] == "cybercrime"
+    assert "cybercrime" in dict(harmful.risk.top(3))
     # the open gate ranks safety guidelines of the likely category up
     plain = guide(HARMFUL, small_retriever, dataclasses.replace(policy, risk_threshold=None),
                   judge=heads)
