@@ -139,8 +139,7 @@ async def search_guidelines(request: Request) -> Response:
     guidance = await _guide(request, messages, parsed.options())
     body: dict[str, Any] = {"object": "list", "data": [h.as_dict() for h in guidance.hits],
                             "views": list(guidance.views)}
-    if guidance.ignored:
-        body["ignored"] = list(guidance.ignored)
+    body |= {k: v for k, v in guidance.body_field().items() if k in ("risk", "ignored")}
     return _json(body, headers=guidance_headers(guidance))
 
 
