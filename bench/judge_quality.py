@@ -67,7 +67,7 @@ def main() -> None:
     if not args.data.is_dir():
         console.print(f"no evaluation data at {args.data}; nothing to measure")
         return
-    ws = Settings()
+    ws = Settings(risk_gate=True)  # the gate is off by default; this measures it
     ws.prepare(train=False, log=console.print)
     retriever = ws.open_retriever()
     heads = ws.open_judge(retriever)

@@ -71,9 +71,11 @@ class Workspace(BaseSettings):
     candidates: int = Field(_DEFAULT_SELECT.candidates, ge=1, le=500)
     mmr: bool = _DEFAULT_SELECT.mmr
     window: int = Field(3, ge=0, le=50)
-    # The prompt-risk gate (judge/): on by default; its threshold is the judge's own (chosen on
-    # its dev split) unless set here. Off: the safety-margin rule decides alone.
-    risk_gate: bool = True
+    # The prompt-risk gate (judge/): OFF by default, because on public prompt sets it measures
+    # worse than the safety-margin rule (bench/judge_quality.py). On: prepare trains the judge,
+    # whose dev-chosen threshold applies unless set here; /v1/moderations and /v1/judgements
+    # need it.
+    risk_gate: bool = False
     risk_threshold: float | None = Field(None, ge=0.0, le=1.0)
     category_weight: float = Field(0.2, ge=0.0, le=1.0)
     # Per-request `guide_align` options may only tighten the policy unless this is set.

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-# Command-line and subprocess tests run small libraries; training the full judge for each would
-# dominate the suite. Tests of the risk gate pass a small trained judge explicitly
-# (tests/judge), and tests/judge/test_train.py checks that prepare trains and reuses it.
-os.environ.setdefault("GUIDE_ALIGN_RISK_GATE", "false")
+# The risk gate is off by default; command-line and subprocess tests keep it off even where a
+# developer's environment turns it on (training the full judge would dominate the suite). Tests
+# of the gate pass a small trained judge explicitly (tests/judge, tests/app/test_moderation.py).
+os.environ["GUIDE_ALIGN_RISK_GATE"] = "false"
 
 from guideline_lib.schema import Example, Guideline, Library, Manifest
 
@@ -119,3 +121,35 @@ def llama_server(tmp_path_factory):  # type: ignore[no-untyped-def]
         yield f"http://127.0.0.1:{port}/v1"
     finally:
         stop_process(proc)
+
+
+# A small judge, trained on part of the project's own seed data with the base MiniLM encoder
+# (the one the small test retriever uses): the gate, the endpoints and the judge tests share it.
+JUDGE_CATEGORIES = ("cybercrime", "violence", "quality_coding", "quality_knowledge")
+
+
+@pytest.fixture(scope="session")
+def seed_subset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Eight families of each of a few categories, as a seeds directory."""
+    from judge.data import SEEDS
+
+    out = tmp_path_factory.mktemp("seeds")
+    for cat in JUDGE_CATEGORIES:
+        data = json.loads((SEEDS / f"{cat}.json").read_text("utf-8"))
+        data["families"] = data["families"][:8]
+        (out / f"{cat}.json").write_text(json.dumps(data), "utf-8")
+    return out
+
+
+@pytest.fixture(scope="session")
+def small_judge(seed_subset: Path, encoder: Any) -> Any:
+    """Heads trained on the subset; returns (heads, metrics, prompts, answers)."""
+    from judge.data import answer_rows, load_families, prompt_rows
+    from judge.train import train_heads
+
+    families = load_families(seed_subset)
+    prompts, answers = prompt_rows(families), answer_rows(families)
+    heads, metrics = train_heads(prompts, answers, encoder, encoder_hash="test-hash",
+                                 progress=lambda _: None)
+    return heads, metrics, prompts, answers
+
