@@ -25,6 +25,7 @@ def judged(small_retriever, small_judge) -> Iterator[tuple[str, Any]]:  # type: 
             yield gateway.url, heads
 
 
+@pytest.mark.slow  # trains a small judge
 def test_moderations_through_the_openai_sdk(judged, small_judge, encoder):
     url, heads = judged
     texts = [p.text for p in small_judge[2] if p.form == "plain"][:6]
@@ -51,6 +52,7 @@ def test_moderations_through_the_openai_sdk(judged, small_judge, encoder):
     assert parts.results[0].flagged == many.results[1].flagged
 
 
+@pytest.mark.slow  # trains a small judge
 def test_moderation_and_judgement_validation(judged):
     import httpx
 
@@ -81,6 +83,7 @@ def test_moderation_and_judgement_validation(judged):
         assert sum(body["scores"].values()) == pytest.approx(1.0, abs=1e-3)
 
 
+@pytest.mark.slow  # trains a small judge
 def test_chat_answers_carry_the_risk(judged):
     import httpx
 

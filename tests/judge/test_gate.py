@@ -10,11 +10,13 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+import pytest
 
 from guide.options import Policy
 from guide.step import guide
 from retriever.types import SelectConfig
 
+pytestmark = pytest.mark.slow  # these train a (small) judge
 
 def _asks(prompts, *, risky: bool, category: str) -> list[str]:  # type: ignore[no-untyped-def]
     return [p.text for p in prompts if p.split == "train" and p.form == "plain"

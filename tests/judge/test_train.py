@@ -8,6 +8,7 @@ import pytest
 from judge.model import JudgeError, load_heads, save_heads
 from judge.train import binary_metrics, embed_prompts
 
+pytestmark = pytest.mark.slow  # these train a (small) judge
 
 def test_the_split_keeps_whole_families_apart(small_judge):
     _, _, prompts, answers = small_judge
