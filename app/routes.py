@@ -158,7 +158,8 @@ async def moderations(request: Request) -> Response:
     guider = _judge(request)
     parsed = _parse(ModerationRequest, await _read_json(request, settings.max_body_bytes))
     texts = _moderation_texts(parsed.input)
-    threshold = request.app.state.policy.risk_threshold or guider.judge.threshold
+    configured = request.app.state.policy.risk_threshold
+    threshold = configured if configured is not None else guider.judge.threshold
     risks = await anyio.to_thread.run_sync(
         lambda: assess_batch([[{"role": "user", "content": t}] for t in texts],
                              guider.retriever, guider.judge, window=settings.window))

@@ -102,6 +102,7 @@ def search(
     """The guidelines a chat request with this one user turn would get, as a table."""
     from guide.step import guide
     from guideline_lib.io import LibraryError
+    from judge.model import JudgeError
     from retriever.encoder import EncoderError
     from retriever.index import IndexLoadError
 
@@ -110,12 +111,13 @@ def search(
                   encoder_backend=backend, k=k, min_score=min_score, explicit=explicit)
     try:
         retriever = ws.open_retriever()
-    except (LibraryError, IndexLoadError, EncoderError) as exc:
+        judge = ws.open_judge(retriever)  # the gateway's risk gate, when it is on
+    except (LibraryError, IndexLoadError, EncoderError, JudgeError) as exc:
         raise fail(str(exc)) from None
     table = Table(title=text[:80])
     for col in ("#", "score", "kind", "category", "id", "text"):
         table.add_column(col)
-    for n, h in enumerate(guide(text, retriever, ws.policy()).hits, 1):
+    for n, h in enumerate(guide(text, retriever, ws.policy(judge), judge=judge).hits, 1):
         table.add_row(str(n), f"{h.score:.3f}", h.kind, h.category, h.id, h.text)
     console.print(table)
 

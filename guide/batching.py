@@ -37,6 +37,7 @@ class BatchingGuide:
         self.max_batch = max_batch
         self._queue: asyncio.Queue[_Item] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
+        self._in_flight: list[_Item] = []  # taken off the queue, being guided
 
     def start(self) -> None:
         """Start the batching worker on the running loop (again, if it ever ended)."""
@@ -50,8 +51,9 @@ class BatchingGuide:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        while not self._queue.empty():
-            item = self._queue.get_nowait()
+        pending = self._in_flight + [self._queue.get_nowait() for _ in range(self._queue.qsize())]
+        self._in_flight = []
+        for item in pending:
             if not item.future.done():
                 item.future.set_exception(RuntimeError("retriever stopped"))
 
@@ -70,13 +72,16 @@ class BatchingGuide:
             live = [item for item in batch if not item.future.done()]
             if not live:
                 continue
+            self._in_flight = live  # a cancelled worker leaves them here for stop() to fail
             try:
                 results = await anyio.to_thread.run_sync(self._guide_sync, live)
             except Exception as exc:  # surface to every waiter, keep the worker alive
+                self._in_flight = []
                 for item in live:
                     if not item.future.done():
                         item.future.set_exception(exc)
                 continue
+            self._in_flight = []
             for item, guidance in zip(live, results, strict=True):
                 if not item.future.done():
                     item.future.set_result(guidance)

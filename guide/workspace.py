@@ -91,6 +91,13 @@ class Workspace(BaseSettings):
                     data = {**data, name: var / sub}
         return data
 
+    @field_validator("safety_margin", "risk_threshold", mode="before")
+    @classmethod
+    def _off_is_none(cls, v: Any) -> Any:
+        # "off" / "none" / "" switch the margin or the threshold off from env or TOML
+        return None if isinstance(v, str) and v.strip().lower() in ("off", "none", "null", "") \
+            else v
+
     @field_validator("encoder_backend")
     @classmethod
     def _known_backend(cls, v: str) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 
 import numpy as np
@@ -31,6 +32,9 @@ class DenseRetriever:
         self._rows: list[Guideline] = [by_id[i] for i in index.ids]
         self._row_of = {g.id: n for n, g in enumerate(self._rows)}
         self._vectors: np.ndarray | None = None
+        # One encoder call at a time: the batching guide and the moderation / judgement
+        # endpoints run in different worker threads, and not every backend is thread-safe.
+        self._encode_lock = threading.Lock()
 
     @property
     def size(self) -> int:
@@ -53,7 +57,8 @@ class DenseRetriever:
         flat = [text for group in views for text in group]
         if not flat:
             return np.zeros((0, self.encoder.dim), dtype=np.float32)
-        return self.encoder.encode(flat)
+        with self._encode_lock:
+            return self.encoder.encode(flat)
 
     def candidates(self, vectors: np.ndarray, groups: Sequence[int],
                    configs: Sequence[SelectConfig]) -> list[list[Hit]]:
@@ -91,5 +96,5 @@ class DenseRetriever:
 
     def _row_vectors(self, rows: list[int]) -> np.ndarray:
         if self._vectors is None:
-            self._vectors = self.encoder.encode([g.text for g in self._rows])
+            self._vectors = self.encode([(g.text,) for g in self._rows])
         return self._vectors[rows]

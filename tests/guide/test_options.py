@@ -56,3 +56,13 @@ def test_every_option_has_a_rule_and_bad_values_are_refused():
         with pytest.raises(ValidationError):
             GuideOptions(**bad)
     assert apply_options(BASE, None).policy == BASE
+
+
+def test_the_margin_and_the_threshold_can_be_switched_off_from_the_environment(monkeypatch):
+    from app.config import Settings
+
+    monkeypatch.setenv("GUIDE_ALIGN_SAFETY_MARGIN", "off")
+    monkeypatch.setenv("GUIDE_ALIGN_RISK_THRESHOLD", "none")
+    s = Settings()
+    assert s.safety_margin is None and s.risk_threshold is None
+    assert Settings(safety_margin="0.1").safety_margin == 0.1
