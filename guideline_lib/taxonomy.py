@@ -43,7 +43,6 @@ TAXONOMY: dict[str, Kind] = {
 }
 
 SAFETY_IDS: tuple[str, ...] = tuple(c for c, k in TAXONOMY.items() if k == "safety")
-QUALITY_IDS: tuple[str, ...] = tuple(c for c, k in TAXONOMY.items() if k == "quality")
 
 # One line per id: what it covers, in words short enough for prompts and tables.
 CATEGORY_HINTS: dict[str, str] = {
@@ -132,11 +131,6 @@ QUALITY_HINTS: dict[str, tuple[str, ...]] = {
 
 _CLEAN = re.compile(r"[`*\"'\[\]()<>.]")
 _ID_WORD = re.compile(r"\b(" + "|".join(sorted(TAXONOMY, key=len, reverse=True)) + r")\b")
-
-
-def kind_of(category: str) -> Kind:
-    """The kind of a taxonomy id (KeyError for an unknown one)."""
-    return TAXONOMY[category]
 
 
 def normalise_category(label: str, *, strict: bool = False) -> str | None:

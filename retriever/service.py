@@ -32,11 +32,6 @@ def check_encoder(path: Path) -> Path:
     return Path(path)
 
 
-def encoder_dir(paths: RetrieverPaths, backend: str) -> Path:
-    """The directory ``backend`` loads: the source encoder or its current export."""
-    return backend_path(check_encoder(paths.encoder), backend, paths.exports)
-
-
 def open_retriever(paths: RetrieverPaths, *, backend: str) -> DenseRetriever:
     """Load the library, the ``backend`` encoder and the index, all already prepared.
 
@@ -44,7 +39,7 @@ def open_retriever(paths: RetrieverPaths, *, backend: str) -> DenseRetriever:
     names `guide-align prepare`.
     """
     library = load_library(paths.library)
-    enc_path = encoder_dir(paths, backend)
+    enc_path = backend_path(check_encoder(paths.encoder), backend, paths.exports)
     try:
         loaded = load_index(paths.index, library_hash=library.content_hash(),
                             encoder_hash=model_hash(enc_path))
