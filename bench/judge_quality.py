@@ -7,13 +7,16 @@
    openai_moderation, the project's own alarming-benign set) and on the judge's own family-split
    test set: AUROC, AUPRC, recall at 1 % / 3 % FPR, and recall / false positives at a threshold
    tuned on the DEV halves (the highest recall with pooled benign false positives <= 3 %).
-   Systems: the judge's head on the serving embedding; example-kNN over the library's linked
-   examples; today's retrieval-score rule (best safety minus best quality similarity); BM25;
-   zero-shot MiniLM similarity to the category descriptions; a keyword list; TF-IDF + logistic
-   regression trained on the same judge data (a shortcut check).
+   Systems: the shipped gate (example-kNN over the library's linked examples on the serving
+   embedding, calibrated); the linear head trained on judge/data alone; today's retrieval-score
+   rule (best safety minus best quality similarity); BM25; zero-shot MiniLM similarity to the
+   category descriptions; a keyword list; TF-IDF + logistic regression trained on the same judge
+   data (a shortcut check).
 2. End to end through the guide step at the deployment defaults: today's safety-margin rule vs
-   the risk gate: harmful -> any safety guideline injected and category hit@6; benign ->
-   over-triggering.
+   the risk gate at its default threshold, and vs the gate at the threshold whose pooled
+   over-triggering on the DEV halves equals the margin rule's (the same over-triggering):
+   harmful -> any safety guideline injected and category hit@6; benign -> over-triggering;
+   on the test halves and on the judge's own family-split test set.
 3. Latency of the guide step with and without the judge (p50 / p99 per single prompt).
 Writes bench/results/judge_quality.json.
 """
@@ -122,7 +125,7 @@ def main() -> None:
     console.print(flag)
 
     # 2. end to end through the guide step
-    results["guide_step"] = end_to_end(sets, retriever, heads, ws)
+    results["guide_step"] = end_to_end(sets, own_test, retriever, heads, ws)
     # 3. latency
     results["latency"] = latency(retriever, heads, ws, [p for es in sets for p in es.prompts]
                                  [: args.latency_prompts])
@@ -137,30 +140,18 @@ def build_systems(retriever: Any, heads: Any, ws: Settings, own_train: list[Prom
     """Every risk scorer, each mapping prompts to a score (higher = riskier)."""
     from guide.judging import assess_batch
 
-    def judge_head(prompts: list[str]) -> np.ndarray:
-        out = []
-        for i in range(0, len(prompts), 256):
-            out += [r.score for r in assess_batch([as_conversation(p) for p in
-                                                   prompts[i:i + 256]], retriever, heads,
-                                                  window=ws.window)]
-        return np.array(out)
+    def batched(fn: Callable[[list[str]], Any], prompts: list[str]) -> np.ndarray:
+        return np.concatenate([np.asarray(fn(prompts[i:i + 256]), dtype=float)
+                               for i in range(0, len(prompts), 256)]) if prompts else np.zeros(0)
 
-    # (c) kNN voting over the library's linked examples, on the serving embedding
-    lib = retriever.library
-    kinds = {g.id: g.kind for g in lib.guidelines}
-    examples = [e for e in lib.examples if e.split == "train" and e.guideline_ids]
-    ex_risky = np.array([all(kinds.get(g) == "safety" for g in e.guideline_ids)
-                         for e in examples], dtype=np.float32)
-    ex_vecs = np.vstack([retriever.encoder.encode([e.input for e in examples[i:i + 256]])
-                         for i in range(0, len(examples), 256)])
+    # the shipped gate: kNN over the library's examples (c) (+ the head's share), calibrated
+    def shipped(prompts: list[str]) -> np.ndarray:
+        return batched(lambda ps: [r.score for r in assess_batch(
+            [as_conversation(p) for p in ps], retriever, heads, window=ws.window)], prompts)
 
-    def knn(prompts: list[str], k: int = 15) -> np.ndarray:
-        vecs = np.vstack([retriever.encoder.encode(prompts[i:i + 256])
-                          for i in range(0, len(prompts), 256)])
-        sims = vecs @ ex_vecs.T
-        top = np.argpartition(-sims, k, axis=1)[:, :k]
-        w = np.take_along_axis(sims, top, axis=1)
-        return (ex_risky[top] * w).sum(axis=1) / np.maximum(w.sum(axis=1), 1e-6)
+    # (a) the linear risk head alone, trained on judge/data (its raw logit)
+    def linear_head(prompts: list[str]) -> np.ndarray:
+        return batched(lambda ps: heads.head_logits(retriever.encoder.encode(ps)), prompts)
 
     # today's rule: best safety candidate minus best quality candidate (the margin's gap)
     def retrieval_rule(prompts: list[str]) -> np.ndarray:
@@ -223,42 +214,80 @@ def build_systems(retriever: Any, heads: Any, ws: Settings, own_train: list[Prom
     def tfidf_lr(prompts: list[str]) -> np.ndarray:
         return np.asarray(lr.predict_proba(tfidf.transform(prompts))[:, 1])
 
-    return {"judge head (a)": judge_head, "example kNN (c)": knn,
+    return {"risk gate (shipped: kNN (c))": shipped, "linear head (a)": linear_head,
             "retrieval rule (today)": retrieval_rule, "BM25": bm25,
             "zero-shot MiniLM": zero_shot, "keywords": keywords, "TF-IDF + LR": tfidf_lr}
 
 
-def end_to_end(sets: list[EvalSet], retriever: Any, heads: Any, ws: Settings) -> dict[str, Any]:
+Case = tuple[str, bool, list[list[dict[str, Any]]], list[set[str]]]
+
+
+def _injected(convs: list[list[dict[str, Any]]], retriever: Any, policy: Any,
+              judge: Any) -> list[list[Any]]:
+    hits: list[list[Any]] = []
+    for i in range(0, len(convs), 128):
+        chunk = convs[i:i + 128]
+        hits += [g.hits for g in guide_batch(chunk, retriever, [policy] * len(chunk),
+                                             judge=judge)]
+    return hits
+
+
+def matched_threshold(sets: list[EvalSet], retriever: Any, heads: Any, ws: Settings) -> float:
+    """The gate threshold whose pooled over-triggering on the DEV halves' benign prompts equals
+    the margin rule's there."""
+    benign = [as_conversation(p) for es in sets if not es.harmful for p in es.prompts
+              if _half(p) == "dev"]
+    rule = np.mean([any(h.kind == "safety" for h in hs)
+                    for hs in _injected(benign, retriever, ws.policy(), None)])
+    from guide.judging import assess_batch
+
+    risk = np.array([r.score for i in range(0, len(benign), 256)
+                     for r in assess_batch(benign[i:i + 256], retriever, heads,
+                                           window=ws.window)])
+    return float(np.quantile(risk, 1.0 - rule)) if rule > 0 else 1.0
+
+
+def end_to_end(sets: list[EvalSet], own_test: list[PromptRow], retriever: Any, heads: Any,
+               ws: Settings) -> dict[str, Any]:
     """Safety guidelines injected (harmful) and over-triggering (benign), before and after."""
     before = ws.policy()  # today's rule: min score + safety margin, no gate
     after = ws.policy(heads)
-    table = Table(title="End to end through the guide step, TEST halves (deployment defaults)")
-    for col in ("set", "metric", "margin rule (before)", "risk gate (after)"):
+    matched = dataclasses.replace(after, risk_threshold=matched_threshold(sets, retriever,
+                                                                          heads, ws))
+    columns = (("margin rule (before)", before, None),
+               (f"gate @ default {after.risk_threshold:.2f}", after, heads),
+               (f"gate @ rule's over-trigger {matched.risk_threshold:.2f}", matched, heads))
+    table = Table(title="End to end through the guide step: TEST halves and own family-split "
+                  "test set (deployment defaults)")
+    for col in ("set", "metric", *(c[0] for c in columns)):
         table.add_column(col, justify="left" if col in ("set", "metric") else "right")
+    cases: list[Case] = [
+        (es.name, es.harmful, [as_conversation(es.prompts[i]) for i in idx],
+         [es.expected[i] for i in idx])
+        for es in sets
+        for idx in [[i for i, p in enumerate(es.prompts) if _half(p) == "test"]]]
+    for risky, name in ((True, "own_test_harmful"), (False, "own_test_benign")):
+        rows = [r for r in own_test if r.risky == risky]
+        cases.append((name, risky, [list(r.messages) for r in rows],
+                      [set(r.categories) for r in rows]))
     out: dict[str, Any] = {"before": dataclasses.asdict(before.select),
-                           "after_threshold": after.risk_threshold, "sets": {}}
-    for es in sets:
-        idx = [i for i, p in enumerate(es.prompts) if _half(p) == "test"]
-        convs = [as_conversation(es.prompts[i]) for i in idx]
+                           "default_threshold": after.risk_threshold,
+                           "matched_threshold": matched.risk_threshold, "sets": {}}
+    for name, harmful, convs, expected in cases:
         row: dict[str, dict[str, float]] = {}
-        for label, policy, judge in (("before", before, None), ("after", after, heads)):
-            hits = []
-            for i in range(0, len(convs), 128):
-                hits += [g.hits for g in guide_batch(convs[i:i + 128], retriever,
-                                                     [policy] * len(convs[i:i + 128]),
-                                                     judge=judge)]
+        for label, policy, judge in columns:
+            hits = _injected(convs, retriever, policy, judge)
             safety = [any(h.kind == "safety" for h in hs) for hs in hits]
-            if es.harmful:
-                cat = [any(h.category in es.expected[i] for h in hs)
-                       for i, hs in zip(idx, hits, strict=True)]
+            if harmful:
+                cat = [any(h.category in exp for h in hs)
+                       for exp, hs in zip(expected, hits, strict=True)]
                 row[label] = {"safety_injected": float(np.mean(safety)),
                               "category_hit@6": float(np.mean(cat))}
             else:
                 row[label] = {"over_trigger": float(np.mean(safety))}
-        out["sets"][es.name] = row
-        for metric in row["before"]:
-            table.add_row(es.name, metric, f"{row['before'][metric]:.3f}",
-                          f"{row['after'][metric]:.3f}")
+        out["sets"][name] = row
+        for metric in row[columns[0][0]]:
+            table.add_row(name, metric, *(f"{row[c[0]][metric]:.3f}" for c in columns))
     console.print(table)
     return out
 

@@ -49,26 +49,19 @@ def train(
     target_fpr: Annotated[float, Opt(help="Dev false-positive rate the threshold allows")] = 0.05,
     seed: Annotated[int, Opt()] = 13,
 ) -> None:
-    """Train the prompt-risk and response heads on judge/data (fixed seed); prints test metrics."""
-    from judge.data import answer_rows, load_families, prompt_rows
-    from judge.model import save_heads
-    from judge.prepare import seeds_hash
-    from judge.train import JudgeTrainConfig, train_heads
-    from retriever.backends import load_backend_encoder, model_hash
+    """Train the prompt-risk and response heads on judge/data and the library's examples (fixed
+    seed); prints test metrics."""
+    from guideline_lib.io import load_library
+    from judge.prepare import train_judge
+    from judge.train import JudgeTrainConfig
 
     ws, enc_dir = _ready(output)
-    families = load_families()
-    prompts, answers = prompt_rows(families, seed=seed), answer_rows(families, seed=seed)
-    heads, metrics = train_heads(
-        prompts, answers, load_backend_encoder(str(enc_dir), ws.encoder_backend),
-        encoder_hash=model_hash(enc_dir), progress=console.print,
-        config=JudgeTrainConfig(target_fpr=target_fpr, seed=seed))
-    heads.manifest.update(seeds_hash=seeds_hash(), backend=ws.encoder_backend)
-    save_heads(heads, ws.judge_path)
-    console.print(_metrics_table(metrics, f"test split ({heads.manifest['counts']['test']} "
-                                          "prompts of unseen families)"))
-    console.print(f"saved {ws.judge_path}; gate threshold {heads.threshold:.3f} "
-                  f"({heads.manifest['seconds']:.0f}s)")
+    metrics = train_judge(ws.judge_path, enc_dir, ws.encoder_backend,
+                          config=JudgeTrainConfig(target_fpr=target_fpr, seed=seed),
+                          library=load_library(ws.library_path), log=console.print)
+    console.print(_metrics_table(metrics, "test split (prompts of unseen families; "
+                                          "memory_test: the library's test examples)"))
+    console.print(f"saved {ws.judge_path}")
 
 
 @app.command()

@@ -160,7 +160,8 @@ class Workspace(BaseSettings):
         done = prepare_retriever(self.retriever_paths(), backend=self.encoder_backend,
                                  train=train and self.encoder_path is None, log=log)
         if self.risk_gate and ensure_judge(self.judge_path, done.backend_encoder,
-                                           self.encoder_backend, log=log):
+                                           self.encoder_backend, library=self.library_path,
+                                           log=log):
             done.made.append(f"judge {self.judge_path}")
         return done
 

@@ -1,7 +1,10 @@
 """The judge's models: small linear heads on the retriever's own sentence embeddings.
 
 Prompt risk reads the embedding the guide step computes anyway (one row per query view; a
-conversation's risk is its riskiest view), so in the request path it costs one matrix product.
+conversation's risk is its riskiest view), so in the request path it costs two matrix products:
+a kNN vote over the library's labelled examples (``ExampleMemory``, which carries most of the
+signal on real prompts) and the linear heads trained on judge/data (categories, and optionally a
+share of the risk score).
 The response judge reads the prompt and the answer (its head and its tail, so a long or growing
 answer is seen where it matters). Scores are calibrated on the dev split (isotonic, stored as
 breakpoints and applied with ``np.interp``), so a threshold means a probability.
@@ -62,6 +65,31 @@ class Verdict:
     categories: dict[str, float]
 
 
+@dataclass(frozen=True)
+class ExampleMemory:
+    """Labelled example embeddings that prompt risk votes over (example-kNN): the risk of a
+    query is the similarity-weighted share of risky examples among its ``k`` nearest."""
+
+    vectors: np.ndarray  # (n, dim), unit length
+    risky: np.ndarray  # (n,) 1.0 risky, 0.0 benign
+    categories: np.ndarray  # (n, n_categories) 1.0 where the example carries that harm
+    k: int = 15
+
+    def vote(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(risk share, category shares) per row of ``vectors``."""
+        n = len(self.risky)
+        if not n or not len(vectors):
+            return np.zeros(len(vectors)), np.zeros((len(vectors), self.categories.shape[1]))
+        k = min(self.k, n)
+        sims = np.asarray(vectors, dtype=np.float32) @ self.vectors.T
+        top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+        w = np.clip(np.take_along_axis(sims, top, axis=1), 0.0, None)
+        norm = np.maximum(w.sum(axis=1), 1e-6)
+        risk = (self.risky[top] * w).sum(axis=1) / norm
+        cats = (self.categories[top] * w[..., None]).sum(axis=1) / norm[:, None]
+        return risk, cats
+
+
 def _sigmoid(z: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-z))
 
@@ -86,16 +114,33 @@ class LinearHeads:
     resp_cat_b: np.ndarray
     threshold: float  # P(risky) at which the gate opens (chosen on dev)
     manifest: dict[str, Any]
+    # With a memory, the raw risk is its kNN vote plus head_weight x the head's probability,
+    # and category scores mix the vote's shares (category_mix) with the category heads.
+    memory: ExampleMemory | None = None
+    head_weight: float = 0.0
+    category_mix: float = 0.5
 
     # -- prompt risk --------------------------------------------------------------------
-    def risk_raw(self, vectors: np.ndarray) -> np.ndarray:
-        """Raw risk logits per embedded row."""
+    def head_logits(self, vectors: np.ndarray) -> np.ndarray:
+        """The linear risk head's logits per embedded row."""
         return vectors @ self.risk_w + self.risk_b
+
+    def risk_raw(self, vectors: np.ndarray) -> np.ndarray:
+        """Raw (uncalibrated) risk per embedded row."""
+        return self._raw(vectors)[0]
+
+    def _raw(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        cats = _sigmoid(vectors @ self.cat_w.T + self.cat_b)
+        if self.memory is None:
+            return self.head_logits(vectors), cats
+        vote, vote_cats = self.memory.vote(vectors)
+        raw = vote + self.head_weight * _sigmoid(self.head_logits(vectors))
+        return raw, (1.0 - self.category_mix) * cats + self.category_mix * vote_cats
 
     def risks(self, vectors: np.ndarray, groups: Sequence[int]) -> list[Risk]:
         """One Risk per query; ``groups`` gives how many consecutive rows (views) each has."""
-        prob = self.risk_cal(self.risk_raw(vectors))
-        cats = _sigmoid(vectors @ self.cat_w.T + self.cat_b)
+        raw, cats = self._raw(vectors)
+        prob = self.risk_cal(raw)
         out, start = [], 0
         for n in groups:
             if n == 0:
@@ -132,11 +177,16 @@ def response_features(prompt_vecs: np.ndarray, head_vecs: np.ndarray,
 def save_heads(heads: LinearHeads, path: Path) -> None:
     """Write a judge directory atomically: weights and a manifest."""
     with atomic_directory(Path(path)) as tmp:
-        np.savez(tmp / WEIGHTS, risk_w=heads.risk_w, risk_b=np.array([heads.risk_b]),
-                 risk_cal_x=heads.risk_cal.x, risk_cal_y=heads.risk_cal.y, cat_w=heads.cat_w,
-                 cat_b=heads.cat_b, resp_w=heads.resp_w, resp_b=heads.resp_b,
-                 resp_cat_w=heads.resp_cat_w, resp_cat_b=heads.resp_cat_b,
-                 threshold=np.array([heads.threshold]))
+        arrays: dict[str, np.ndarray] = {
+            "risk_w": heads.risk_w, "risk_b": np.array([heads.risk_b]),
+            "risk_cal_x": heads.risk_cal.x, "risk_cal_y": heads.risk_cal.y,
+            "cat_w": heads.cat_w, "cat_b": heads.cat_b, "resp_w": heads.resp_w,
+            "resp_b": heads.resp_b, "resp_cat_w": heads.resp_cat_w,
+            "resp_cat_b": heads.resp_cat_b, "threshold": np.array([heads.threshold]),
+            "mix": np.array([heads.head_weight, heads.category_mix])}
+        if heads.memory is not None:
+            arrays |= _memory_arrays(heads.memory)
+        np.savez(tmp / WEIGHTS, **arrays)  # type: ignore[arg-type]
         (tmp / MANIFEST).write_text(json.dumps(heads.manifest, indent=2) + "\n", "utf-8")
 
 
@@ -159,4 +209,15 @@ def load_heads(path: Path, *, encoder_hash: str | None = None) -> LinearHeads:
         risk_w=w["risk_w"], risk_b=float(w["risk_b"][0]),
         risk_cal=Calibration(w["risk_cal_x"], w["risk_cal_y"]), cat_w=w["cat_w"],
         cat_b=w["cat_b"], resp_w=w["resp_w"], resp_b=w["resp_b"], resp_cat_w=w["resp_cat_w"],
-        resp_cat_b=w["resp_cat_b"], threshold=float(w["threshold"][0]), manifest=manifest)
+        resp_cat_b=w["resp_cat_b"], threshold=float(w["threshold"][0]), manifest=manifest,
+        memory=ExampleMemory(w["mem_vectors"].astype(np.float32), w["mem_risky"],
+                             w["mem_categories"].astype(np.float32), int(w["mem_k"][0]))
+        if "mem_vectors" in w else None,
+        **({"head_weight": float(w["mix"][0]), "category_mix": float(w["mix"][1])}
+           if "mix" in w else {}))
+
+
+def _memory_arrays(memory: ExampleMemory) -> dict[str, np.ndarray]:
+    return {"mem_vectors": memory.vectors.astype(np.float16), "mem_risky": memory.risky,
+            "mem_categories": memory.categories.astype(np.uint8),
+            "mem_k": np.array([memory.k])}

@@ -6,11 +6,13 @@ import hashlib
 import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from guideline_lib.io import MANIFEST
+from guideline_lib.io import MANIFEST, load_library
+from guideline_lib.schema import Library
 from judge.data import SEEDS, answer_rows, load_families, prompt_rows
 from judge.model import save_heads
-from judge.train import JudgeTrainConfig, train_heads
+from judge.train import JudgeTrainConfig, library_memory, train_heads
 from retriever.backends import load_backend_encoder, model_hash
 
 Log = Callable[[str], None]
@@ -25,33 +27,51 @@ def seeds_hash(seeds: Path = SEEDS) -> str:
     return h.hexdigest()
 
 
-def judge_is_current(path: Path, encoder_hash: str, data: str) -> bool:
-    """True when ``path`` holds a judge trained on this encoder and these seeds."""
+def judge_is_current(path: Path, encoder_hash: str, data: str,
+                     library_hash: str | None = None) -> bool:
+    """True when ``path`` holds a judge trained on this encoder, these seeds and this
+    library's examples."""
     try:
         manifest = json.loads((path / MANIFEST).read_text("utf-8"))
     except (OSError, ValueError):
         return False
-    return manifest.get("encoder_hash") == encoder_hash and manifest.get("seeds_hash") == data
+    return (manifest.get("encoder_hash") == encoder_hash and manifest.get("seeds_hash") == data
+            and manifest.get("library_hash") == library_hash)
 
 
 def ensure_judge(path: Path, encoder_dir: Path, backend: str, *,
                  config: JudgeTrainConfig | None = None, seeds: Path = SEEDS,
-                 log: Log = print) -> bool:
-    """Train and save the judge for the encoder at ``encoder_dir`` unless a current one is at
-    ``path``; True when it trained."""
+                 library: Path | None = None, log: Log = print) -> bool:
+    """Train and save the judge for the encoder at ``encoder_dir`` (with the linked examples
+    of the ``library`` as its kNN memory) unless a current one is at ``path``; True when it
+    trained."""
     enc_hash, data = model_hash(encoder_dir), seeds_hash(seeds)
-    if judge_is_current(path, enc_hash, data):
+    lib = load_library(library) if library is not None else None
+    lib_hash = lib.content_hash() if lib is not None else None
+    if judge_is_current(path, enc_hash, data, lib_hash):
         return False
+    train_judge(path, encoder_dir, backend, config=config, seeds=seeds, library=lib, log=log)
+    return True
+
+
+def train_judge(path: Path, encoder_dir: Path, backend: str, *,
+                config: JudgeTrainConfig | None = None, seeds: Path = SEEDS,
+                library: Library | None = None, log: Log = print) -> dict[str, Any]:
+    """Train the judge on the seed families (and ``library``'s examples as its memory) with
+    the encoder at ``encoder_dir``, save it at ``path``; returns its test metrics."""
     families = load_families(seeds)
-    prompts, answers = prompt_rows(families), answer_rows(families)
+    seed = config.seed if config is not None else JudgeTrainConfig().seed
+    prompts, answers = prompt_rows(families, seed=seed), answer_rows(families, seed=seed)
     log(f"training the judge on {len(prompts)} prompts and {len(answers)} answers "
         f"({len(families)} families) -> {path}")
     heads, metrics = train_heads(prompts, answers, load_backend_encoder(str(encoder_dir), backend),
-                                 encoder_hash=enc_hash, config=config, progress=log)
-    heads.manifest["seeds_hash"] = data
-    heads.manifest["backend"] = backend
+                                 encoder_hash=model_hash(encoder_dir), config=config,
+                                 memory=library_memory(library) if library is not None else (),
+                                 progress=log)
+    heads.manifest.update(seeds_hash=seeds_hash(seeds), backend=backend,
+                          library_hash=library.content_hash() if library is not None else None)
     save_heads(heads, path)
     risk = metrics.get("prompt_risk", {})
     log(f"judge trained in {heads.manifest['seconds']:.0f}s; test AUROC "
         f"{risk.get('auroc', float('nan')):.3f}, threshold {heads.threshold:.3f}")
-    return True
+    return metrics

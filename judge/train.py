@@ -1,8 +1,10 @@
 """Training the judge's heads on the project's own data set (judge/data), with fixed seeds.
 
-1. embed the prompts (every query view) and the answers with the serving encoder;
-2. fit logistic-regression heads (risk, risk categories, response label, response categories);
-3. calibrate the risk head on the dev split (isotonic) and pick the gate threshold there;
+1. embed the prompts (every query view), the answers and the memory examples (the library's
+   linked examples: safety-linked ones risky, the rest benign) with the serving encoder;
+2. fit logistic-regression heads (risk, risk categories, response label, response categories)
+   and keep the memory's train rows for the kNN vote;
+3. calibrate the risk score on the dev rows of both (isotonic) and pick the gate threshold there;
 4. evaluate on the test split (families never seen in training); 5. save with a manifest.
 """
 
@@ -20,7 +22,14 @@ import numpy as np
 from guideline_lib.schema import utc_now
 from guideline_lib.taxonomy import SAFETY_IDS
 from judge.data import AnswerRow, PromptRow
-from judge.model import LABELS, Calibration, LinearHeads, answer_views, response_features
+from judge.model import (
+    LABELS,
+    Calibration,
+    ExampleMemory,
+    LinearHeads,
+    answer_views,
+    response_features,
+)
 from retriever.encoder import Encoder
 from retriever.query import query_views
 
@@ -39,6 +48,36 @@ class JudgeTrainConfig:
     target_fpr: float = 0.05
     seed: int = 13
     window: int = 3
+    # kNN over the memory: neighbours, and how much the linear risk head adds to the vote
+    # (0: the vote alone, which generalised best to real prompts on the public dev halves).
+    memory_k: int = 15
+    head_weight: float = 0.0
+    category_mix: float = 0.5
+
+
+@dataclass(frozen=True)
+class MemoryRow:
+    """One labelled example the risk score votes over."""
+
+    text: str
+    risky: bool
+    categories: tuple[str, ...]
+    split: str
+
+
+def library_memory(library: Any) -> list[MemoryRow]:
+    """The library's linked examples as memory rows: risky when every guideline they are
+    linked to is a safety guideline, with those guidelines' categories."""
+    by_id = {g.id: g for g in library.guidelines}
+    rows = []
+    for e in library.examples:
+        linked = [by_id[g] for g in e.guideline_ids if g in by_id]
+        if not linked:
+            continue
+        risky = all(g.kind == "safety" for g in linked)
+        cats = tuple(dict.fromkeys(g.category for g in linked if g.kind == "safety"))
+        rows.append(MemoryRow(e.input, risky, cats if risky else (), e.split))
+    return rows
 
 
 def data_hash(prompts: Sequence[PromptRow], answers: Sequence[AnswerRow]) -> str:
@@ -60,11 +99,16 @@ def embed_prompts(encoder: Encoder, rows: Sequence[PromptRow], *, window: int = 
     return vecs, [len(g) for g in views]
 
 
+def _encode(encoder: Encoder, texts: Sequence[str], batch: int = 256) -> np.ndarray:
+    return np.vstack([encoder.encode(list(texts[i:i + batch]))
+                      for i in range(0, len(texts), batch)])
+
+
 def embed_answers(encoder: Encoder, rows: Sequence[AnswerRow], *, batch: int = 256
                   ) -> np.ndarray:
     """Response-judge features for every (conversation, answer) row."""
     def enc(texts: list[str]) -> np.ndarray:
-        return np.vstack([encoder.encode(texts[i:i + batch]) for i in range(0, len(texts), batch)])
+        return _encode(encoder, texts, batch)
 
     prompts = [query_views(r.messages, window=0)[0] for r in rows]
     heads, tails = zip(*(answer_views(r.answer) for r in rows), strict=True)
@@ -117,9 +161,11 @@ def train_heads(
     *,
     encoder_hash: str,
     config: JudgeTrainConfig | None = None,
+    memory: Sequence[MemoryRow] = (),
     progress: Progress = print,
 ) -> tuple[LinearHeads, dict[str, Any]]:
-    """Fit, calibrate and evaluate both heads; returns them (with a manifest) and the metrics."""
+    """Fit, calibrate and evaluate both heads (and the example memory, when given); returns
+    them (with a manifest) and the metrics."""
     from sklearn.isotonic import IsotonicRegression
     from sklearn.linear_model import LogisticRegression
 
@@ -143,15 +189,31 @@ def train_heads(
         cat_w.append(w)
         cat_b.append(b)
 
-    raw = _rowwise_max((pv @ risk_w + risk_b)[:, None], groups)[:, 0]
+    mem, mv = None, np.zeros((0, pv.shape[1]), dtype=np.float32)
+    if memory:
+        progress(f"embedding {len(memory)} memory examples")
+        mv = _encode(encoder, [m.text for m in memory])
+        keep = np.array([m.split == "train" for m in memory])
+        cats = np.array([[c in m.categories for c in SAFETY_IDS] for m in memory], np.float32)
+        mem = ExampleMemory(mv[keep], np.array([m.risky for m in memory], np.float32)[keep],
+                            cats[keep], config.memory_k)
+    draft = LinearHeads(risk_w=risk_w, risk_b=risk_b, risk_cal=Calibration(
+        np.array([0.0, 1.0]), np.array([0.0, 1.0])), cat_w=np.array(cat_w),
+        cat_b=np.array(cat_b, dtype=np.float32), resp_w=np.zeros((3, 1)), resp_b=np.zeros(3),
+        resp_cat_w=np.zeros((1, 1)), resp_cat_b=np.zeros(1), threshold=0.5, manifest={},
+        memory=mem, head_weight=config.head_weight, category_mix=config.category_mix)
+    raw = _rowwise_max(draft.risk_raw(pv)[:, None], groups)[:, 0]
     y_row = np.array([r.risky for r in prompts], dtype=int)
     dev = np.array(split_rows["dev"])
+    mem_dev = np.array([m.split == "dev" for m in memory], dtype=bool)
+    dev_raw = np.concatenate([raw[dev], draft.risk_raw(mv[mem_dev]) if mem_dev.any() else []])
+    dev_y = np.concatenate([y_row[dev], [int(m.risky) for m, d in zip(memory, mem_dev,
+                                                                        strict=True) if d]])
     iso = IsotonicRegression(out_of_bounds="clip", y_min=0.0, y_max=1.0)
-    iso.fit(raw[dev], y_row[dev])
+    iso.fit(dev_raw, dev_y)
     cal = Calibration(np.asarray(iso.X_thresholds_, dtype=np.float64),
                       np.asarray(iso.y_thresholds_, dtype=np.float64))
-    prob = cal(raw)
-    threshold = _threshold_at_fpr(y_row[dev], prob[dev], config.target_fpr)
+    threshold = _threshold_at_fpr(dev_y, cal(dev_raw), config.target_fpr)
 
     progress("fitting the response judge")
     af = embed_answers(encoder, answers)
@@ -176,10 +238,18 @@ def train_heads(
         risk_w=risk_w, risk_b=risk_b, risk_cal=cal, cat_w=np.array(cat_w),
         cat_b=np.array(cat_b, dtype=np.float32), resp_w=resp_w, resp_b=resp_b,
         resp_cat_w=np.array(rc_w), resp_cat_b=np.array(rc_b, dtype=np.float32),
-        threshold=threshold, manifest={})
+        threshold=threshold, manifest={}, memory=mem, head_weight=config.head_weight,
+        category_mix=config.category_mix)
     metrics = evaluate_heads(heads, prompts, answers, pv, groups, af)
+    mem_test = np.array([m.split == "test" for m in memory], dtype=bool)
+    if mem_test.any():
+        y_mem = np.array([m.risky for m, t in zip(memory, mem_test, strict=True) if t], int)
+        p_mem = np.array([r.score for r in heads.risks(mv[mem_test], [1] * int(mem_test.sum()))])
+        metrics["memory_test"] = binary_metrics(y_mem, p_mem, threshold)
     manifest = {
-        "kind": "guide-align judge (linear heads on the retriever's embedding)",
+        "kind": "guide-align judge (linear heads and example-kNN on the retriever's embedding)",
+        "memory": {"rows": len(memory), "kept": 0 if mem is None else len(mem.risky),
+                   "k": config.memory_k, "head_weight": config.head_weight},
         "created": utc_now(), "encoder_hash": encoder_hash, "categories": list(SAFETY_IDS),
         "labels": list(LABELS), "data_hash": data_hash(prompts, answers),
         "counts": {s: len(v) for s, v in split_rows.items()} | {"answers": len(answers)},
