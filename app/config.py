@@ -3,9 +3,19 @@ upstream, limits and server. Built once by the app factory or the command line."
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
+from typing import Literal
+
 from pydantic import Field, SecretStr, field_validator
 
+from guide.backtrack import DEFAULT_MARKER, Marker
+from guide.options import BACKTRACK_WINDOW_MAX, Policy
 from guide.workspace import Workspace
+from judge.model import LinearHeads, load_heads
+from judge.prepare import ensure_judge
+from retriever.prepare import Prepared
+from retriever.search import DenseRetriever
 
 
 class Settings(Workspace):
@@ -32,12 +42,60 @@ class Settings(Workspace):
     workers: int = Field(1, ge=1, le=64)
     log_level: str = "info"
 
+    # stream backtracking (docs/backtracking.md): the response judge is the critic. Off by
+    # default until the critic is good enough: bench/backtrack.py measures it retracting half of
+    # its benign streams while a quarter of its unsafe ones still leak.
+    backtrack: Literal["off", "monitor", "enforce"] = "off"
+    # words held back from the client (chosen with bench/backtrack.py)
+    backtrack_window: int = Field(16, ge=0, le=BACKTRACK_WINDOW_MAX)
+    backtrack_every: int = Field(4, ge=1, le=100)  # judge after this many new words
+    backtrack_threshold: float = Field(0.5, ge=0.0, le=1.0)  # P(unsafe) that retracts
+    backtrack_max_retractions: int = Field(2, ge=0, le=10)
+    backtrack_continuation: Literal["fold", "prefill"] = "fold"
+    # the upstream's own marker (a model tuned with `finetune export --backtrack`); "" for none
+    backtrack_marker: str = DEFAULT_MARKER
+    # retracted text goes to the log (at INFO) only when this is set
+    backtrack_log_retracted: bool = False
+
     @field_validator("upstream_base_url")
     @classmethod
     def _strip_slash(cls, v: str) -> str:
         if not v.startswith(("http://", "https://")):
             raise ValueError("upstream_base_url must start with http:// or https://")
         return v.rstrip("/")
+
+    @field_validator("backtrack_marker")
+    @classmethod
+    def _valid_marker(cls, v: str) -> str:
+        if v:
+            Marker(v)  # raises on a template without text before one {n}
+        return v
+
+    def policy(self, judge: LinearHeads | None = None) -> Policy:
+        """The workspace's guidance policy plus the deployment's backtracking defaults."""
+        return dataclasses.replace(super().policy(judge), backtrack=self.backtrack,
+                                   backtrack_window=self.backtrack_window,
+                                   backtrack_max_retractions=self.backtrack_max_retractions)
+
+    def prepare(self, *, train: bool = True, log: Callable[[str], None] = print) -> Prepared:
+        """The workspace's artifacts, plus the judge when backtracking needs it as the critic.
+        It is trained only when training is allowed and the encoder is the trained default one
+        (for an encoder the user named, `guide-align judge train` makes it); without a judge,
+        backtracking reports itself unavailable."""
+        done = super().prepare(train=train, log=log)
+        if train and self.encoder_path is None and self.backtrack != "off" \
+                and not self.risk_gate and ensure_judge(
+                self.judge_path, done.backend_encoder, self.encoder_backend,
+                library=self.library_path, log=log):
+            done.made.append(f"judge {self.judge_path}")
+        return done
+
+    def open_critic(self, retriever: DenseRetriever) -> LinearHeads | None:
+        """The response judge that backtracking uses (None when backtracking is off)."""
+        if self.backtrack == "off":
+            return None
+        return load_heads(self.judge_path, encoder_hash=str(
+            retriever.index.manifest.get("encoder_hash", "")))
 
     @field_validator("upstream_api_key")
     @classmethod

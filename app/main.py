@@ -13,11 +13,12 @@ import httpx
 from fastapi import FastAPI
 
 from app.config import Settings
+from app.critic import BatchingCritic
 from app.errors import install_handlers
 from app.routes import router
 from app.upstream import Upstream, build_client
 from guide.batching import BatchingGuide
-from judge.model import LinearHeads
+from judge.model import JudgeError, LinearHeads
 from retriever.search import DenseRetriever
 
 log = logging.getLogger("guide_align")
@@ -40,7 +41,8 @@ def create_app(
     """Build the gateway over prepared artifacts (`guide-align prepare` makes them).
 
     ``retriever``, ``judge`` and ``transport`` are seams for tests and embedding; a given
-    retriever runs without a judge unless one is given too.
+    retriever runs without a judge unless one is given too. The judge is also the critic of
+    stream backtracking; without one, backtracking reports itself unavailable.
     """
     settings = settings or get_settings()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # models load from local paths only
@@ -51,12 +53,21 @@ def create_app(
         if loaded is None:
             loaded = await anyio.to_thread.run_sync(settings.open_retriever)
             heads = await anyio.to_thread.run_sync(settings.open_judge, loaded)
+        critic_heads = heads
+        if critic_heads is None and retriever is None and settings.backtrack != "off":
+            try:
+                critic_heads = await anyio.to_thread.run_sync(settings.open_critic, loaded)
+            except JudgeError as exc:
+                log.warning("stream backtracking unavailable: %s", exc)
         guider = BatchingGuide(loaded, judge=heads, max_batch=settings.max_batch)
         guider.start()
+        critic = (BatchingCritic(loaded, critic_heads, max_batch=settings.max_batch)
+                  if critic_heads is not None else None)
         async with build_client(settings, transport) as client:
             app.state.settings = settings
             app.state.upstream = Upstream(client, settings)
             app.state.guide = guider
+            app.state.critic = critic
             app.state.policy = settings.policy(heads)
             log.info("guide-align ready: %d guidelines, risk gate %s, upstream %s", loaded.size,
                      "off" if app.state.policy.risk_threshold is None else
@@ -65,6 +76,8 @@ def create_app(
                 yield
             finally:
                 await guider.stop()
+                if critic is not None:
+                    await critic.stop()
 
     app = FastAPI(title="Guide-Align gateway", version="0.1.0", lifespan=lifespan)
     install_handlers(app)

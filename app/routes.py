@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from typing import Any, TypeVar
 
 import anyio.to_thread
@@ -12,7 +13,9 @@ from pydantic import BaseModel, ValidationError
 from starlette.background import BackgroundTask
 from starlette.responses import Response, StreamingResponse
 
+from app.backtrack import BacktrackConfig, Source, guard_answer, guard_stream
 from app.config import Settings
+from app.critic import BatchingCritic
 from app.errors import (
     BadRequest,
     GatewayError,
@@ -29,6 +32,7 @@ from app.protocol import (
     SearchRequest,
 )
 from app.upstream import Upstream, relay_sse, relayed_headers
+from guide.backtrack import Marker, strengthened_block
 from guide.batching import BatchingGuide
 from guide.judging import assess_batch, judge_batch
 from guide.options import Applied, GuideOptions, apply_options
@@ -83,41 +87,71 @@ def _state(request: Request) -> tuple[Settings, Upstream, BatchingGuide]:
     return st.settings, st.upstream, st.guide
 
 
+def _applied(request: Request, options: GuideOptions | None) -> Applied:
+    """The deployment policy, tightened by a request's options."""
+    return apply_options(request.app.state.policy, options,
+                         allow_loosen=request.app.state.settings.allow_loosen)
+
+
 async def _guide(request: Request, messages: list[dict[str, Any]],
                  options: GuideOptions | None) -> Guidance:
     """The guide step for one request: the deployment policy, tightened by its options."""
-    settings, _, guider = _state(request)
-    applied: Applied = apply_options(request.app.state.policy, options,
-                                     allow_loosen=settings.allow_loosen)
-    return await guider.guide(messages, applied)
+    return await _state(request)[2].guide(messages, _applied(request, options))
 
 
 @router.post("/v1/chat/completions")
 async def chat_completions(request: Request) -> Response:
-    """OpenAI chat completions with retrieved guidelines injected."""
-    settings, upstream, _ = _state(request)
+    """OpenAI chat completions with retrieved guidelines injected, answers under backtracking."""
+    settings, upstream, guider = _state(request)
     data = await _read_json(request, settings.max_body_bytes)
     if isinstance(data, dict) and isinstance(data.get("messages"), list) and not data["messages"]:
         raise BadRequest("messages must contain at least one message", param="messages")
     parsed = _parse(ChatCompletionRequest, data)
-    guidance = await _guide(request, data["messages"], parsed.guide_align)
+    applied = _applied(request, parsed.guide_align)
+    guidance = await guider.guide(data["messages"], applied)
     body = {k: v for k, v in data.items() if k != "guide_align"}
     body["messages"] = guidance.messages
     if "stream" in body:
         body["stream"] = bool(parsed.stream)  # null (or a lax "true") as the upstream expects
     auth = request.headers.get("authorization")
     headers = guidance_headers(guidance)
+    state, config = _backtrack(request, applied, body)
+    headers["x-guide-align-backtrack"] = state
+    critic: BatchingCritic | None = request.app.state.critic
+
+    async def strengthen(categories: Sequence[str]) -> str:
+        return await anyio.to_thread.run_sync(lambda: strengthened_block(
+            data["messages"], categories, guider.retriever, window=settings.window))
+
     if not parsed.stream:
         relayed: dict[str, str] = {}
         answer = await upstream.chat(body, auth=auth, headers_out=relayed)
-        answer["guide_align"] = guidance.body_field()
+        field = guidance.body_field()
+        if config is not None and critic is not None:
+            report = await guard_answer(
+                answer, conversation=data["messages"], guided=guidance.messages,
+                judge=critic.judge, strengthen=strengthen, config=config,
+                regenerate=lambda msgs: upstream.chat({**body, "messages": msgs}, auth=auth))
+            headers["x-guide-align-backtrack"] = report.header()
+            field["backtrack"] = report.as_dict()
+        answer["guide_align"] = field
         return _json(answer, headers={**relayed, **headers})
     resp = await upstream.open_stream(body, auth=auth)
     try:
+        stream = relay_sse(resp)
+        if config is not None and critic is not None:
+
+            async def reopen(messages: list[dict[str, Any]]) -> Source:
+                more = await upstream.open_stream({**body, "messages": messages}, auth=auth)
+                return Source(relay_sse(more), more.aclose)
+
+            stream = guard_stream(Source(stream, resp.aclose), conversation=data["messages"],
+                                  guided=guidance.messages, judge=critic.judge, reopen=reopen,
+                                  strengthen=strengthen, config=config)
         # relay_sse closes the upstream response when it ends; the background task closes it
         # too if the body is never iterated (closing twice is harmless).
         return StreamingResponse(
-            relay_sse(resp), media_type="text/event-stream",
+            stream, media_type="text/event-stream",
             headers={**relayed_headers(resp), **headers, "cache-control": "no-cache",
                      "x-accel-buffering": "no"},
             background=BackgroundTask(resp.aclose),
@@ -125,6 +159,26 @@ async def chat_completions(request: Request) -> Response:
     except BaseException:
         await resp.aclose()  # otherwise the pooled connection is never given back
         raise
+
+
+def _backtrack(request: Request, applied: Applied, body: dict[str, Any]
+               ) -> tuple[str, BacktrackConfig | None]:
+    """This request's backtracking: the state for ``x-guide-align-backtrack`` (off, monitor,
+    enforce, or unavailable without a judge, unsupported for several choices) and its config."""
+    policy = applied.policy
+    if policy.backtrack == "off":
+        return "off", None
+    if request.app.state.critic is None:
+        return "unavailable", None
+    if body.get("n") not in (None, 1):
+        return "unsupported", None
+    s: Settings = request.app.state.settings
+    return policy.backtrack, BacktrackConfig(
+        mode=policy.backtrack, window=policy.backtrack_window, every=s.backtrack_every,
+        threshold=s.backtrack_threshold, max_retractions=policy.backtrack_max_retractions,
+        continuation=s.backtrack_continuation,
+        marker=Marker(s.backtrack_marker) if s.backtrack_marker else None,
+        log_retracted=s.backtrack_log_retracted)
 
 
 @router.post("/v1/guidelines/search")

@@ -11,8 +11,6 @@ dev half of every set and reported on the other (test) half. Skips cleanly witho
 from __future__ import annotations
 
 import argparse
-import gzip
-import hashlib
 import json
 import os
 import sys
@@ -29,6 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from bench.common import machine, save_results
+from evaluation.public import PUBLIC_SETS, raw_rows
+from evaluation.public import half as _half
 from guideline_lib.io import default_library_path, load_library
 from guideline_lib.schema import Library
 from retriever.select import select_hits
@@ -50,73 +50,32 @@ class EvalSet:
     expected: list[set[str]]
 
 
-def _half(text: str) -> str:
-    return "dev" if int(hashlib.sha1(text.encode()).hexdigest()[:8], 16) % 2 == 0 else "test"
-
-
 def load_sets(data: Path, *, alpaca_max: int) -> list[EvalSet]:
-    """Read every evaluation set that is present under ``data``."""
+    """Read every evaluation set that is present under ``data`` (files named in
+    evaluation/public.py), with the expected taxonomy categories of each harmful prompt."""
     labels = json.loads((HERE / "data" / "label_map.json").read_text())
     sets: list[EvalSet] = []
-    p = data / "do_not_answer" / "do_not_answer_en_prompt.jsonl"
-    if p.exists():
-        rows = [json.loads(line) for line in p.open()]
-        m = labels["do_not_answer"]
-        sets.append(EvalSet("do_not_answer", True, [r["question"] for r in rows],
-                            [set(m[r["type"]]) for r in rows]))
-    p = data / "beavertails_eval" / "BeaverTails-Evaluation_700.csv"
-    if p.exists():
-        import csv
-
-        rows = list(csv.DictReader(p.open()))
-        m = labels["beavertails_eval"]
-        sets.append(EvalSet("beavertails_eval", True, [r["query"] for r in rows],
-                            [set(m[r["category"]]) for r in rows]))
-    p = data / "openai_moderation" / "samples-1680.jsonl.gz"
-    if p.exists():
-        m = labels["openai_moderation"]
-        flagged, f_exp, clean = [], [], []
-        for line in gzip.open(p, "rt"):  # noqa: SIM115
-            r = json.loads(line)
-            flags = [k for k in m if not k.startswith("_") and r.get(k) == 1]
-            if flags:
-                flagged.append(r["prompt"])
-                f_exp.append(set().union(*(set(m[f]) for f in flags)))
-            else:  # no flag set (missing labels count as not flagged)
-                clean.append(r["prompt"])
-        sets.append(EvalSet("moderation_flagged", True, flagged, f_exp))
-        sets.append(EvalSet("moderation_unflagged", False, clean, [set() for _ in clean]))
-    benign: list[tuple[str, Path, Callable[[Path], list[str]]]] = [
-        ("alpaca_harmless_test", data / "alpaca_harmless" / "harmless_test.json",
-         lambda q: [_alpaca(r) for r in json.loads(q.read_text())]),
-        ("alpaca_seed_tasks", data / "alpaca_seed_tasks" / "seed_tasks.jsonl",
-         lambda q: [_seed(json.loads(x)) for x in q.open()]),
-        ("mt_bench", data / "mt_bench" / "question.jsonl",
-         lambda q: [json.loads(x)["turns"][0] for x in q.open()]),
-        ("vicuna_bench", data / "vicuna_bench" / "question.jsonl",
-         lambda q: [json.loads(x)["turns"][0] for x in q.open()]),
-    ]
-    for name, path, read in benign:
-        if path.exists():
-            prompts = read(path)
-            if name == "alpaca_harmless_test" and alpaca_max and len(prompts) > alpaca_max:
-                rng = np.random.default_rng(0)
-                prompts = [prompts[i] for i in sorted(rng.choice(len(prompts), alpaca_max,
-                                                                 replace=False))]
-            sets.append(EvalSet(name, False, prompts, [set() for _ in prompts]))
+    for name in ("do_not_answer", "beavertails_eval", "moderation_flagged",
+                 "moderation_unflagged", "alpaca_harmless_test", "alpaca_seed_tasks",
+                 "mt_bench", "vicuna_bench"):
+        rows = raw_rows(data, name)
+        if rows is None:
+            continue
+        prompts = [str(text) for text, _ in rows]
+        harmful = PUBLIC_SETS[name].label == "harmful"
+        m = labels["openai_moderation" if name.startswith("moderation") else name] \
+            if harmful else {}
+        expected = [set().union(*(set(m[c]) for c in cats)) if harmful else set()
+                    for _, cats in rows]
+        if name == "alpaca_harmless_test" and alpaca_max and len(prompts) > alpaca_max:
+            rng = np.random.default_rng(0)
+            keep = sorted(rng.choice(len(prompts), alpaca_max, replace=False))
+            prompts, expected = [prompts[i] for i in keep], [expected[i] for i in keep]
+        sets.append(EvalSet(name, harmful, prompts, expected))
     own = HERE / "data" / "alarming_benign.jsonl"
     prompts = [json.loads(x)["prompt"] for x in own.open()]
     sets.append(EvalSet("own_alarming_benign", False, prompts, [set() for _ in prompts]))
     return sets
-
-
-def _alpaca(r: dict[str, Any]) -> str:
-    return (r["instruction"] + ("\n" + r["input"] if r.get("input") else "")).strip()
-
-
-def _seed(r: dict[str, Any]) -> str:
-    inp = r["instances"][0].get("input", "") if r.get("instances") else ""
-    return (r["instruction"] + ("\n" + inp if inp else "")).strip()
 
 
 # --- systems: each maps prompts -> candidate hits (sorted by score), before selection ---------

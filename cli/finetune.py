@@ -134,6 +134,12 @@ def export(
     max_input_chars: Annotated[int, Opt(help="Longer prompts are dropped (0: no limit)")] = 0,
     validation: Annotated[float, Opt(help="Validation fraction")] = 0.1,
     seed: Annotated[int, Opt(help="Split seed")] = 13,
+    backtrack: Annotated[bool, Opt(help="Inject unsafe spans followed by the backtrack "
+                                   "marker into a share of the answers (loss masked on the "
+                                   "span; openai / hf formats)")] = False,
+    backtrack_share: Annotated[float, Opt(help="Share of answers that get a span")] = 0.5,
+    backtrack_marker: Annotated[str, Opt(help="Marker template, {n} = words to take "
+                                         "back")] = "[[backtrack {n}]]",
 ) -> None:
     """SFT set from guided answers, guidelines stripped from the prompt, with a dataset card."""
     from finetune.export import FORMATS, ExportConfig, build_sft, export_manifest
@@ -158,7 +164,28 @@ def export(
     config = ExportConfig(format=fmt, dedup=dedup,  # type: ignore[arg-type]
                           min_answer_chars=min_answer_chars, max_answer_chars=max_answer_chars,
                           max_input_chars=max_input_chars, validation=validation, seed=seed)
+    if backtrack and fmt not in ("openai", "hf"):
+        raise _fail("--backtrack needs --format openai or hf (they carry the masked spans)")
+    if not 0 <= backtrack_share <= 1:
+        raise _fail("--backtrack-share must be in [0, 1]")
     sft = build_sft(records, config=config)
+    injected = None
+    if backtrack:
+        import dataclasses
+
+        from finetune.backtrack import BacktrackData, with_backtracking
+
+        try:
+            data = BacktrackData(share=backtrack_share, marker=backtrack_marker, seed=seed)
+            train_set, n_train = with_backtracking(sft.train, data)
+            val_set, n_val = with_backtracking(sft.validation, data)
+        except ValueError as exc:
+            raise _fail(str(exc)) from None
+        sft = dataclasses.replace(sft, train=train_set, validation=val_set)
+        injected = {"share": backtrack_share, "marker": backtrack_marker,
+                    "injected": {"train": n_train, "validation": n_val}}
+        console.print(f"backtracking: injected spans into {n_train} train and {n_val} "
+                      "validation answers")
     st = sft.stats
     console.print(f"{st.records} records: dropped {st.failed} failed, {st.empty} empty, "
                   f"{st.truncated} truncated, {st.too_short} too short, {st.too_long} too long, "
@@ -168,6 +195,8 @@ def export(
         raise _fail("nothing to export: every record was dropped; nothing written", 1)
     served = sorted({str(r["model"]) for r in records if r.get("model")})
     manifest = export_manifest(sft, config=config, run=run_info, served_models=served)
+    if injected is not None:
+        manifest["backtrack"] = injected
     write_export(sft, output, manifest=manifest)
     console.print(f"wrote {output} ({fmt}, data hash {manifest['data_hash'][:12]})")
 

@@ -10,6 +10,7 @@ import typer
 
 from app.config import Settings
 from cli.common import console, fail, settings
+from cli.evaluate import eval_command
 from cli.finetune import app as finetune_app
 from cli.judge import app as judge_app
 from cli.library import app as library_app
@@ -21,6 +22,7 @@ app.add_typer(library_app, name="library")
 app.add_typer(retriever_app, name="retriever")
 app.add_typer(judge_app, name="judge")
 app.add_typer(finetune_app, name="finetune")
+app.command(name="eval")(eval_command)
 
 
 def _prepare(ws: Settings, *, train: bool) -> None:

@@ -56,15 +56,36 @@ def assistant_spans(tokenizer: Any, messages: Sequence[dict[str, Any]]
     return text, spans
 
 
+def masked_spans(text: str, spans: Sequence[tuple[int, int]],
+                 messages: Sequence[dict[str, Any]]) -> list[tuple[int, int]]:
+    """Where the assistant turns' ``masked`` content spans (backtracking data: the injected
+    unsafe text) lie in the rendered conversation."""
+    out = []
+    turns = [m for m in messages if m.get("role") == "assistant"]
+    for message, (start, _) in zip(turns, spans, strict=True):
+        if not message.get("masked"):
+            continue
+        content = str(message.get("content") or "")
+        at = text.find(content, start)
+        if at < 0:
+            raise TemplateError("the chat template changes assistant text; masked spans "
+                                "cannot be located")
+        out += [(at + int(a), at + int(b)) for a, b in message["masked"]]
+    return out
+
+
 def encode_conversation(tokenizer: Any, messages: Sequence[dict[str, Any]], *,
                         max_length: int | None = None) -> Encoded:
-    """Token ids with labels on assistant tokens only (a token counts if it overlaps a turn)."""
+    """Token ids with labels on assistant tokens only (a token counts if it overlaps a turn),
+    less any token that overlaps a ``masked`` span of its turn."""
     text, spans = assistant_spans(tokenizer, messages)
+    masked = masked_spans(text, spans, messages)
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids = list(enc["input_ids"])
     labels = []
     for token, (start, end) in zip(ids, enc["offset_mapping"], strict=True):
-        inside = any(end > s and start < e for s, e in spans)
+        inside = any(end > s and start < e for s, e in spans) and \
+            not any(end > s and start < e for s, e in masked)
         labels.append(token if inside else IGNORE)
     if max_length is not None:
         ids, labels = ids[:max_length], labels[:max_length]

@@ -15,7 +15,7 @@ from guideline_lib.schema import normalise_text
 Format = Literal["openai", "sharegpt", "alpaca", "hf"]
 FORMATS: tuple[str, ...] = ("openai", "sharegpt", "alpaca", "hf")
 SPLITS = ("train", "validation")
-Messages = list[dict[str, str]]
+Messages = list[dict[str, Any]]
 
 _SHAREGPT_ROLE = {"system": "system", "user": "human", "assistant": "gpt"}
 _ROLE_FROM_SHAREGPT = {v: k for k, v in _SHAREGPT_ROLE.items()}
@@ -172,7 +172,10 @@ def from_row(row: dict[str, Any], fmt: str) -> Messages:
     """An exported row back to OpenAI-style messages (the inverse of :func:`to_row`)."""
     try:
         if fmt in ("openai", "hf"):
-            return [{"role": m["role"], "content": m["content"]} for m in row["messages"]]
+            # ``masked``: character spans of the content that carry no loss (backtracking data)
+            return [{"role": m["role"], "content": m["content"],
+                     **({"masked": m["masked"]} if m.get("masked") else {})}
+                    for m in row["messages"]]
         if fmt == "sharegpt":
             return [{"role": _ROLE_FROM_SHAREGPT[t["from"]], "content": t["value"]}
                     for t in row["conversations"]]

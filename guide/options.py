@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -20,6 +20,7 @@ from retriever.types import SelectConfig
 
 # Bounds shared by every request model that carries these options (one limit, one place).
 K_MAX = 50
+BACKTRACK_WINDOW_MAX = 200
 
 
 class GuideOptions(BaseModel):
@@ -32,6 +33,11 @@ class GuideOptions(BaseModel):
     min_score: float | None = Field(None, ge=-1.0, le=1.0)
     safety_margin: float | None = Field(None, ge=-1.0, le=1.0)
     risk_threshold: float | None = Field(None, ge=0.0, le=1.0)
+    # stream backtracking (guide/backtrack.py): the mode, the hold-back window in words, and how
+    # many retractions before the answer ends with a short safe completion
+    backtrack: Literal["off", "monitor", "enforce"] | None = None
+    backtrack_window: int | None = Field(None, ge=0, le=BACKTRACK_WINDOW_MAX)
+    backtrack_max_retractions: int | None = Field(None, ge=0, le=10)
 
 
 @dataclass(frozen=True)
@@ -46,6 +52,10 @@ class Policy:
     # category_weight x P(category) when the gate is open.
     risk_threshold: float | None = None
     category_weight: float = 0.2
+    # Stream backtracking: off < monitor (judge and report) < enforce (retract and continue).
+    backtrack: str = "off"
+    backtrack_window: int = 16  # words held back from the client
+    backtrack_max_retractions: int = 2
 
 
 @dataclass(frozen=True)
@@ -66,6 +76,9 @@ def _select(**changes: Any) -> Callable[[Policy, Any], Policy]:
     return apply
 
 
+_MODE_ORDER = ("off", "monitor", "enforce")
+
+
 def _lower_is_tighter(requested: float, current: float | None) -> bool:
     # no margin keeps every safety hit; no gate leaves safety to the margin rule
     return current is not None and requested <= current
@@ -82,6 +95,17 @@ RULES: dict[str, Rule] = {
     "risk_threshold": Rule(lambda p: p.risk_threshold,
                            lambda p, v: dataclasses.replace(p, risk_threshold=v),
                            _lower_is_tighter),
+    "backtrack": Rule(lambda p: p.backtrack, lambda p, v: dataclasses.replace(p, backtrack=v),
+                      lambda req, cur: _MODE_ORDER.index(req) >= _MODE_ORDER.index(cur)),
+    # a wider window gives the critic more context before text leaves; fewer retractions end
+    # a drifting answer sooner
+    "backtrack_window": Rule(lambda p: p.backtrack_window,
+                             lambda p, v: dataclasses.replace(p, backtrack_window=v),
+                             lambda req, cur: req >= cur),
+    "backtrack_max_retractions": Rule(
+        lambda p: p.backtrack_max_retractions,
+        lambda p, v: dataclasses.replace(p, backtrack_max_retractions=v),
+        lambda req, cur: req <= cur),
 }
 
 

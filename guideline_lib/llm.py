@@ -67,6 +67,8 @@ class Completion:
     latency_s: float
     cached: bool
     usage: dict[str, Any]
+    # what a Guide-Align gateway reports in the body (guidelines used, ignored options)
+    guide_align: dict[str, Any] | None = None
 
 
 @dataclass
@@ -159,12 +161,15 @@ def _parse_answer(payload: Any) -> dict[str, Any]:
     if not isinstance(text, str):
         text = ""
     usage = payload.get("usage")
-    return {
+    answer = {
         "text": text,
         "finish_reason": choices[0].get("finish_reason"),
         "model": str(payload.get("model") or ""),
         "usage": usage if isinstance(usage, dict) else {},
     }
+    if isinstance(payload.get("guide_align"), dict):
+        answer["guide_align"] = payload["guide_align"]
+    return answer
 
 
 class LLMClient:
@@ -215,7 +220,8 @@ class LLMClient:
                 return Completion(text=str(hit.get("text", "")),
                                   finish_reason=hit.get("finish_reason"),
                                   model=str(hit.get("model", "")), latency_s=0.0, cached=True,
-                                  usage=dict(hit.get("usage") or {}))
+                                  usage=dict(hit.get("usage") or {}),
+                                  guide_align=hit.get("guide_align"))
         async with self._slots:
             started = time.monotonic()
             answer = await self._post_with_retries(body)
@@ -224,7 +230,7 @@ class LLMClient:
             self.cache.put(key, answer)
         return Completion(text=answer["text"], finish_reason=answer["finish_reason"],
                           model=answer["model"], latency_s=latency, cached=False,
-                          usage=answer["usage"])
+                          usage=answer["usage"], guide_align=answer.get("guide_align"))
 
     def backoff_delay(self, attempt: int, hint: float | None = None) -> float:
         """Seconds before retry ``attempt`` + 1: exponential with jitter, at least ``hint``."""

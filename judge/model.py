@@ -6,8 +6,8 @@ a kNN vote over the library's labelled examples (``ExampleMemory``, which carrie
 signal on real prompts) and the linear heads trained on judge/data (categories, and optionally a
 share of the risk score).
 The response judge reads the prompt and the answer (its head and its tail, so a long or growing
-answer is seen where it matters). Scores are calibrated on the dev split (isotonic, stored as
-breakpoints and applied with ``np.interp``), so a threshold means a probability.
+answer is seen where it matters). Scores are calibrated on the dev split (Platt scaling, stored
+as breakpoints and applied with ``np.interp``), so a threshold means a probability.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ class JudgeError(Exception):
 
 @dataclass(frozen=True)
 class Calibration:
-    """A monotone map from raw score to probability (isotonic breakpoints)."""
+    """A monotone map from raw score to probability (breakpoints, linearly interpolated)."""
 
     x: np.ndarray
     y: np.ndarray

@@ -4,7 +4,8 @@
    linked examples: safety-linked ones risky, the rest benign) with the serving encoder;
 2. fit logistic-regression heads (risk, risk categories, response label, response categories)
    and keep the memory's train rows for the kNN vote;
-3. calibrate the risk score on the dev rows of both (isotonic) and pick the gate threshold there;
+3. calibrate the risk score on the dev rows of both (Platt scaling) and pick the gate threshold
+   there;
 4. evaluate on the test split (families never seen in training); 5. save with a manifest.
 """
 
@@ -166,7 +167,6 @@ def train_heads(
 ) -> tuple[LinearHeads, dict[str, Any]]:
     """Fit, calibrate and evaluate both heads (and the example memory, when given); returns
     them (with a manifest) and the metrics."""
-    from sklearn.isotonic import IsotonicRegression
     from sklearn.linear_model import LogisticRegression
 
     config = config or JudgeTrainConfig()
@@ -209,10 +209,7 @@ def train_heads(
     dev_raw = np.concatenate([raw[dev], draft.risk_raw(mv[mem_dev]) if mem_dev.any() else []])
     dev_y = np.concatenate([y_row[dev], [int(m.risky) for m, d in zip(memory, mem_dev,
                                                                         strict=True) if d]])
-    iso = IsotonicRegression(out_of_bounds="clip", y_min=0.0, y_max=1.0)
-    iso.fit(dev_raw, dev_y)
-    cal = Calibration(np.asarray(iso.X_thresholds_, dtype=np.float64),
-                      np.asarray(iso.y_thresholds_, dtype=np.float64))
+    cal = platt_calibration(dev_raw, dev_y, config.seed)
     threshold = _threshold_at_fpr(dev_y, cal(dev_raw), config.target_fpr)
 
     progress("fitting the response judge")
@@ -257,6 +254,21 @@ def train_heads(
         "seconds": round(time.monotonic() - started, 1),
     }
     return LinearHeads(**{**heads.__dict__, "manifest": manifest}), metrics
+
+
+def platt_calibration(raw: np.ndarray, y: np.ndarray, seed: int, points: int = 256
+                      ) -> Calibration:
+    """Platt scaling (a logistic fit of the label on the raw score), stored as breakpoints over
+    the raw range seen: strictly monotone, so it keeps the ranking (isotonic steps would tie
+    prompts the raw score tells apart) and a threshold reads as a probability."""
+    from sklearn.linear_model import LogisticRegression
+
+    lo, hi = float(raw.min()), float(raw.max())
+    grid = np.linspace(lo, hi if hi > lo else lo + 1.0, points)
+    if len(set(y.tolist())) < 2:
+        return Calibration(grid, np.full(points, float(y.mean()) if len(y) else 0.0))
+    m = LogisticRegression(C=1e4, max_iter=1000, random_state=seed).fit(raw[:, None], y)
+    return Calibration(grid, m.predict_proba(grid[:, None])[:, 1])
 
 
 def _threshold_at_fpr(y: np.ndarray, p: np.ndarray, target: float) -> float:

@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ("app", "cli", "guide", "guideline_lib", "judge", "retriever", "finetune")
+PACKAGES = ("app", "cli", "guide", "guideline_lib", "judge", "retriever", "finetune",
+            "evaluation")
 # Where the process starts: these may read the environment.
 EDGES = {"cli", "app/main.py"}
 
@@ -41,6 +42,8 @@ def test_imports_go_one_way():
     assert not {"app", "cli", "guide", "finetune"} & _imported_packages("judge")
     assert not {"app", "cli", "finetune"} & _imported_packages("guide")
     assert not {"app", "cli"} & _imported_packages("finetune")
+    # the eval harness talks to gateways over HTTP and sits beside finetune
+    assert not {"app", "cli", "finetune"} & _imported_packages("evaluation")
     assert "cli" not in _imported_packages("app")
 
 

@@ -32,7 +32,7 @@ def test_the_vote_is_the_weighted_share_of_risky_neighbours(encoder):
     risk, cats = memory.vote(encoder.encode(["how can i get into my ex partner's email",
                                              "how do i change my email password"]))
     assert risk[0] > 0.5 > risk[1]
-    assert ((0.0 <= risk) & (risk <= 1.0)).all()
+    assert ((risk >= 0.0) & (risk <= 1.0)).all()
     violence = SAFETY_IDS.index("violence")
     np.testing.assert_allclose(cats[:, violence], risk, atol=1e-6)  # every risky row is violence
     assert memory.vote(np.zeros((0, encoder.dim), np.float32))[0].shape == (0,)
