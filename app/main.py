@@ -52,7 +52,10 @@ def create_app(
         loaded, heads = retriever, judge
         if loaded is None:
             loaded = await anyio.to_thread.run_sync(settings.open_retriever)
-            heads = await anyio.to_thread.run_sync(settings.open_judge, loaded)
+            try:
+                heads = await anyio.to_thread.run_sync(settings.open_judge, loaded)
+            except JudgeError as exc:  # e.g. `serve --no-train` before any judge was trained
+                log.warning("risk gate unavailable, the safety-margin rule decides: %s", exc)
         critic_heads = heads
         if critic_heads is None and retriever is None and settings.backtrack != "off":
             try:

@@ -46,7 +46,7 @@ def _metrics_table(metrics: dict[str, Any], title: str) -> Table:
 def train(
     output: Annotated[Path | None, Opt("-o", "--output", help="Judge directory (default: the "
                                        "workspace's, var/judge)")] = None,
-    target_fpr: Annotated[float, Opt(help="Dev false-positive rate the threshold allows")] = 0.05,
+    target_fpr: Annotated[float, Opt(help="Dev false-positive rate the threshold allows")] = 0.15,
     seed: Annotated[int, Opt()] = 13,
 ) -> None:
     """Train the prompt-risk and response heads on judge/data and the library's examples (fixed

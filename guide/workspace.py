@@ -71,11 +71,10 @@ class Workspace(BaseSettings):
     candidates: int = Field(_DEFAULT_SELECT.candidates, ge=1, le=500)
     mmr: bool = _DEFAULT_SELECT.mmr
     window: int = Field(3, ge=0, le=50)
-    # The prompt-risk gate (judge/): OFF by default, because on public prompt sets it measures
-    # worse than the safety-margin rule (bench/judge_quality.py). On: prepare trains the judge,
-    # whose dev-chosen threshold applies unless set here; /v1/moderations and /v1/judgements
-    # need it.
-    risk_gate: bool = False
+    # The prompt-risk gate (judge/): on by default. prepare trains the judge, whose dev-chosen
+    # threshold applies unless set here; at the margin rule's own over-triggering it finds more
+    # harmful prompts (bench/judge_quality.py). /v1/moderations and /v1/judgements need it.
+    risk_gate: bool = True
     risk_threshold: float | None = Field(None, ge=0.0, le=1.0)
     category_weight: float = Field(0.2, ge=0.0, le=1.0)
     # Per-request `guide_align` options may only tighten the policy unless this is set.
@@ -155,11 +154,13 @@ class Workspace(BaseSettings):
 
     def prepare(self, *, train: bool = True, log: Callable[[str], None] = print) -> Prepared:
         """Make the artifacts ready (train only the default encoder, never one the user named;
-        the judge is retrained whenever the serving encoder changes); the one step that
-        writes them."""
+        with the risk gate on, the judge is trained whenever it is missing or stale for the
+        serving encoder, the seed data or the library; ``train=False`` trains neither, and the
+        gateway then runs without the gate until a judge exists); the one step that writes
+        them."""
         done = prepare_retriever(self.retriever_paths(), backend=self.encoder_backend,
                                  train=train and self.encoder_path is None, log=log)
-        if self.risk_gate and ensure_judge(self.judge_path, done.backend_encoder,
+        if train and self.risk_gate and ensure_judge(self.judge_path, done.backend_encoder,
                                            self.encoder_backend, library=self.library_path,
                                            log=log):
             done.made.append(f"judge {self.judge_path}")

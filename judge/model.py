@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -75,15 +76,22 @@ class ExampleMemory:
     categories: np.ndarray  # (n, n_categories) 1.0 where the example carries that harm
     k: int = 15
 
+    @cached_property
+    def _index(self) -> Any:
+        import faiss
+
+        index = faiss.IndexFlatIP(self.vectors.shape[1])
+        index.add(np.ascontiguousarray(self.vectors, dtype=np.float32))
+        return index
+
     def vote(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(risk share, category shares) per row of ``vectors``."""
         n = len(self.risky)
         if not n or not len(vectors):
             return np.zeros(len(vectors)), np.zeros((len(vectors), self.categories.shape[1]))
-        k = min(self.k, n)
-        sims = np.asarray(vectors, dtype=np.float32) @ self.vectors.T
-        top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
-        w = np.clip(np.take_along_axis(sims, top, axis=1), 0.0, None)
+        sims, top = self._index.search(np.ascontiguousarray(vectors, dtype=np.float32),
+                                       min(self.k, n))
+        w = np.clip(sims, 0.0, None)
         norm = np.maximum(w.sum(axis=1), 1e-6)
         risk = (self.risky[top] * w).sum(axis=1) / norm
         cats = (self.categories[top] * w[..., None]).sum(axis=1) / norm[:, None]

@@ -44,9 +44,11 @@ class JudgeTrainConfig:
     c_risk: float = 1.0
     c_categories: float = 1.0
     c_response: float = 1.0
-    # The gate threshold: the best recall on dev whose false-positive rate on the dev split's
-    # benign prompts (same-topic contrast asks, harder than real traffic) stays under this.
-    target_fpr: float = 0.05
+    # The gate threshold: the best recall on dev whose false-positive rate on the dev rows'
+    # benign prompts (same-topic contrast asks and the library's benign examples, harder than
+    # real traffic) stays under this. Today's safety-margin rule over-triggers on about 19 % of
+    # the judge data's benign test prompts; the default keeps the gate a little below that.
+    target_fpr: float = 0.15
     seed: int = 13
     window: int = 3
     # kNN over the memory: neighbours, and how much the linear risk head adds to the vote

@@ -12,8 +12,8 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-# The risk gate is off by default; command-line and subprocess tests keep it off even where a
-# developer's environment turns it on (training the full judge would dominate the suite). Tests
+# The risk gate is on by default; command-line and subprocess tests turn it off (training the
+# full judge on the full data would dominate the suite; test_config checks the default). Tests
 # of the gate pass a small trained judge explicitly (tests/judge, tests/app/test_moderation.py).
 os.environ["GUIDE_ALIGN_RISK_GATE"] = "false"
 

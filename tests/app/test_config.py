@@ -78,3 +78,10 @@ def test_a_missing_trained_encoder_is_a_clear_error_not_a_fallback(tmp_path):
     with pytest.raises(EncoderError, match="guide-align prepare"):
         s.prepare(train=False)
     assert not (tmp_path / "var").exists()  # nothing was written on the way
+
+
+def test_the_risk_gate_is_on_by_default_and_can_be_switched_off(monkeypatch):
+    monkeypatch.delenv("GUIDE_ALIGN_RISK_GATE", raising=False)
+    assert Settings().risk_gate is True
+    monkeypatch.setenv("GUIDE_ALIGN_RISK_GATE", "false")
+    assert Settings().risk_gate is False
