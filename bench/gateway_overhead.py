@@ -2,8 +2,10 @@
 
 Targets run interleaved, round by round, at each concurrency level: non-streaming latency,
 streaming time to first chunk, and throughput. Added latency = gateway percentile minus direct
-percentile; throughput ratio = gateway / direct. LiteLLM's proxy joins as a peer when a Python
-with `litellm[proxy]` is given (--litellm-python), in front of the same stub.
+percentile; throughput ratio = gateway / direct. A second gateway with the risk gate off
+(`--no-gate-baseline` skips it) shows what the judge adds, in the same run. LiteLLM's proxy
+joins as a peer when a Python with `litellm[proxy]` is given (--litellm-python), in front of
+the same stub.
 
     .venv/bin/python bench/gateway_overhead.py [--requests 200] [--concurrency 1,8,32,64]
 """
@@ -115,6 +117,8 @@ def main() -> None:
     ap.add_argument("--name", default="gateway_overhead")
     ap.add_argument("--gateway-workers", type=int, default=1,
                     help="gateway processes (`guide-align serve --workers N`)")
+    ap.add_argument("--no-gate-baseline", action="store_true",
+                    help="skip the second gateway with the risk gate off")
     args = ap.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
 
@@ -131,9 +135,18 @@ def main() -> None:
                          "warning"}, log=work / "gateway.log")
     procs = [stub, gateway]
     targets = {"direct": stub_url, "gateway": f"http://127.0.0.1:{gw_port}/v1"}
+    if not args.no_gate_baseline:
+        off_port = free_port()
+        procs.append(start([sys.executable, "-m", "cli.main", "serve", "--port", str(off_port),
+                            "--workers", str(args.gateway_workers)],
+                           env={"GUIDE_ALIGN_UPSTREAM_BASE_URL": stub_url,
+                                "GUIDE_ALIGN_LOG_LEVEL": "warning",
+                                "GUIDE_ALIGN_RISK_GATE": "false"}, log=work / "gateway_off.log"))
+        targets["gateway, no risk gate"] = f"http://127.0.0.1:{off_port}/v1"
     try:
         wait_http(f"{stub_url}/models", stub)
-        wait_http(f"http://127.0.0.1:{gw_port}/readyz", gateway)
+        for proc, url in zip(procs[1:], list(targets.values())[1:], strict=True):
+            wait_http(url.removesuffix("/v1") + "/readyz", proc)
         if args.litellm_python:
             proc, url = start_litellm(args.litellm_python, stub_url, work)
             procs.append(proc)
