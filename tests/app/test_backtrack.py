@@ -261,7 +261,8 @@ def test_backtracking_in_front_of_llama(llama_server, small_retriever, small_jud
             "messages": ask, "stream": True}
     for threshold in (1.0, 0.0):  # never unsafe; always unsafe
         settings = Settings(upstream_base_url=llama_server, min_score=0.2, safety_margin=None,
-                            backtrack_threshold=threshold, backtrack_max_retractions=1)
+                            backtrack="enforce", backtrack_threshold=threshold,
+                            backtrack_max_retractions=1)
         app = create_app(settings, retriever=small_retriever, judge=small_judge[0])
         with ServerThread(app) as gateway:
             resp = httpx.post(f"{gateway.url}/v1/chat/completions", json=body, timeout=180)
