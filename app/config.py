@@ -4,7 +4,6 @@ upstream, limits and server. Built once by the app factory or the command line."
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
@@ -13,8 +12,6 @@ from guide.backtrack import DEFAULT_MARKER, Marker
 from guide.options import BACKTRACK_WINDOW_MAX, Policy
 from guide.workspace import Workspace
 from judge.model import LinearHeads, load_heads
-from judge.prepare import ensure_judge
-from retriever.prepare import Prepared
 from retriever.search import DenseRetriever
 
 
@@ -77,18 +74,11 @@ class Settings(Workspace):
                                    backtrack_window=self.backtrack_window,
                                    backtrack_max_retractions=self.backtrack_max_retractions)
 
-    def prepare(self, *, train: bool = True, log: Callable[[str], None] = print) -> Prepared:
-        """The workspace's artifacts, plus the judge when backtracking needs it as the critic.
-        It is trained only when training is allowed and the encoder is the trained default one
-        (for an encoder the user named, `guide-align judge train` makes it); without a judge,
-        backtracking reports itself unavailable."""
-        done = super().prepare(train=train, log=log)
-        if train and self.encoder_path is None and self.backtrack != "off" \
-                and not self.risk_gate and ensure_judge(
-                self.judge_path, done.backend_encoder, self.encoder_backend,
-                library=self.library_path, log=log):
-            done.made.append(f"judge {self.judge_path}")
-        return done
+    def needs_judge(self) -> bool:
+        """The gate's judge, or the critic of backtracking: that one only for the trained
+        default encoder (for an encoder the user named, `guide-align judge train` makes it);
+        without a judge, backtracking reports itself unavailable."""
+        return self.risk_gate or (self.backtrack != "off" and self.encoder_path is None)
 
     def open_critic(self, retriever: DenseRetriever) -> LinearHeads | None:
         """The response judge that backtracking uses (None when backtracking is off)."""

@@ -160,11 +160,15 @@ class Workspace(BaseSettings):
         them."""
         done = prepare_retriever(self.retriever_paths(), backend=self.encoder_backend,
                                  train=train and self.encoder_path is None, log=log)
-        if train and self.risk_gate and ensure_judge(self.judge_path, done.backend_encoder,
+        if train and self.needs_judge() and ensure_judge(self.judge_path, done.backend_encoder,
                                            self.encoder_backend, library=self.library_path,
                                            log=log):
             done.made.append(f"judge {self.judge_path}")
         return done
+
+    def needs_judge(self) -> bool:
+        """Whether ``prepare`` trains the judge (when training is allowed): the risk gate's."""
+        return self.risk_gate
 
     def open_judge(self, retriever: DenseRetriever) -> LinearHeads | None:
         """The prepared judge for ``retriever``'s encoder (None when the gate is off)."""

@@ -47,7 +47,8 @@ def ensure_judge(path: Path, encoder_dir: Path, backend: str, *,
     trained."""
     enc_hash, data = model_hash(encoder_dir), seeds_hash(seeds)
     lib = load_library(library) if library is not None else None
-    lib_hash = lib.content_hash() if lib is not None else None
+    # loading checked the manifest's hash against the content; reuse it rather than rehash
+    lib_hash = (lib.manifest.content_hash or lib.content_hash()) if lib is not None else None
     if judge_is_current(path, enc_hash, data, lib_hash):
         return False
     train_judge(path, encoder_dir, backend, config=config, seeds=seeds, library=lib, log=log)

@@ -92,30 +92,27 @@ def data_hash(prompts: Sequence[PromptRow], answers: Sequence[AnswerRow]) -> str
     return h.hexdigest()
 
 
-def embed_prompts(encoder: Encoder, rows: Sequence[PromptRow], *, window: int = 3,
-                  batch: int = 256) -> tuple[np.ndarray, list[int]]:
-    """Every query view of every row (as the gateway embeds them) and the view count per row."""
-    views = [query_views(r.messages, window=window) for r in rows]
-    flat = [v for group in views for v in group]
-    vecs = np.vstack([encoder.encode(flat[i:i + batch]) for i in range(0, len(flat), batch)]) \
-        if flat else np.zeros((0, encoder.dim), dtype=np.float32)
-    return vecs, [len(g) for g in views]
-
-
 def _encode(encoder: Encoder, texts: Sequence[str], batch: int = 256) -> np.ndarray:
     return np.vstack([encoder.encode(list(texts[i:i + batch]))
                       for i in range(0, len(texts), batch)])
 
 
+def embed_prompts(encoder: Encoder, rows: Sequence[PromptRow], *, window: int = 3,
+                  batch: int = 256) -> tuple[np.ndarray, list[int]]:
+    """Every query view of every row (as the gateway embeds them) and the view count per row."""
+    views = [query_views(r.messages, window=window) for r in rows]
+    flat = [v for group in views for v in group]
+    vecs = _encode(encoder, flat, batch) if flat else np.zeros((0, encoder.dim), dtype=np.float32)
+    return vecs, [len(g) for g in views]
+
+
 def embed_answers(encoder: Encoder, rows: Sequence[AnswerRow], *, batch: int = 256
                   ) -> np.ndarray:
     """Response-judge features for every (conversation, answer) row."""
-    def enc(texts: list[str]) -> np.ndarray:
-        return _encode(encoder, texts, batch)
-
     prompts = [query_views(r.messages, window=0)[0] for r in rows]
     heads, tails = zip(*(answer_views(r.answer) for r in rows), strict=True)
-    return response_features(enc(prompts), enc(list(heads)), enc(list(tails)))
+    return response_features(_encode(encoder, prompts, batch), _encode(encoder, heads, batch),
+                             _encode(encoder, tails, batch))
 
 
 def _expand(labels: Sequence[Any], groups: Sequence[int]) -> list[Any]:
