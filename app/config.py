@@ -39,6 +39,18 @@ class Settings(Workspace):
     workers: int = Field(1, ge=1, le=64)
     log_level: str = "info"
 
+    # operations (docs/operations.md): gateway keys, the admin API and console, shared limits
+    # the admin key: `/admin/*` and `/console` need it as a bearer token; unset, they are off
+    master_key: SecretStr | None = None
+    # SQLAlchemy URL of the gateway-key store; "" means sqlite under var_dir (var/keys.sqlite)
+    keys_db: str = ""
+    # Redis URL for rate limits shared by several replicas; unset, limits are in-process
+    redis_url: str | None = None
+    # serve without any gateway key on a non-loopback host (an open relay): refused unless set
+    allow_open: bool = False
+    # a client's own Authorization is forwarded upstream only when this is set
+    forward_client_auth: bool = False
+
     # stream backtracking (docs/backtracking.md): the response judge is the critic. Off by
     # default until the critic is good enough: bench/backtrack.py measures it retracting half of
     # its benign streams while a quarter of its unsafe ones still leak.

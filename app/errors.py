@@ -33,6 +33,29 @@ class BadRequest(GatewayError):
     status, type, code = 400, "invalid_request_error", "bad_request"
 
 
+class Unauthorized(GatewayError):
+    status, type, code = 401, "invalid_request_error", "invalid_api_key"
+
+
+class Forbidden(GatewayError):
+    status, type, code = 403, "invalid_request_error", "forbidden"
+
+
+class UnsupportedMediaType(GatewayError):
+    status, type, code = 415, "invalid_request_error", "unsupported_media_type"
+
+
+class RateLimited(GatewayError):
+    """429 with ``retry-after`` and ``x-ratelimit-*`` headers in the OpenAI style."""
+
+    status, type, code = 429, "rate_limit_error", "rate_limit_exceeded"
+
+    def __init__(self, message: str, *, headers: dict[str, str] | None = None,
+                 code: str | None = None):
+        super().__init__(message, code=code)
+        self.headers = headers or {}
+
+
 class PayloadTooLarge(GatewayError):
     status, type, code = 413, "invalid_request_error", "payload_too_large"
 
@@ -79,6 +102,7 @@ def error_response(exc: GatewayError) -> Response:
         body, headers = exc.body, exc.headers
     else:
         body = error_body(exc.message, exc.type, param=exc.param, code=exc.code)
+        headers = dict(getattr(exc, "headers", None) or {})
     return Response(orjson.dumps(body), status_code=exc.status, media_type="application/json",
                     headers=headers)
 

@@ -12,6 +12,19 @@ command -v "$PYTHON" >/dev/null 2>&1 || PYTHON=python3
 STAMP="$VENV/.guide-align-installed"
 KEY="$(cat scripts/install.sh pyproject.toml | sha256sum | cut -c1-16)"
 
+# System packages the tests use as real parts: Redis (shared rate limits) and Chromium (the console
+# page's browser test). Debian's packages, installed when missing and this user may install.
+need=()
+command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
+if [ ${#need[@]} -gt 0 ]; then
+  printf '\n==> system packages: %s\n' "${need[*]}"
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+  else
+    echo "warning: cannot install ${need[*]} (needs root and apt-get); the Redis and browser tests will fail" >&2
+  fi
+fi
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$KEY" ]; then
   exit 0
 fi
