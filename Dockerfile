@@ -1,6 +1,10 @@
 # CPU gateway image: serving dependencies only (no training stacks), non-root, healthcheck.
 # The trained encoder is made by `guide-align prepare` on a machine with the train extra and mounted
 # at /app/var; `serve --no-train` exports its int8 variant and builds the index there if missing.
+# It binds 0.0.0.0 (port 8000: the API, /healthz, /readyz, /metrics; /admin and /console with the
+# master key), so it refuses to start without a key: pass GUIDE_ALIGN_MASTER_KEY (docker run
+# --env-file .env), or GUIDE_ALIGN_ALLOW_OPEN=true to serve anyone who reaches the port. Logs
+# are JSON lines on stderr (GUIDE_ALIGN_LOG_FORMAT=text for plain ones).
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \

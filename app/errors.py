@@ -85,6 +85,12 @@ class UpstreamClientError(GatewayError):
         self.headers = headers or {}  # retry-after, x-ratelimit-*: what clients back off by
 
 
+class ClientClosedRequest(GatewayError):
+    """The client went away before the answer (nginx's 499); nothing reaches it."""
+
+    status, type, code = 499, "invalid_request_error", "client_closed_request"
+
+
 class NotReady(GatewayError):
     status, type, code = 503, "server_error", "not_ready"
 

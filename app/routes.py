@@ -2,45 +2,57 @@
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from collections.abc import Sequence
-from typing import Any, TypeVar
+from typing import Any
 
 import anyio.to_thread
 import orjson
 from fastapi import APIRouter, Request
-from pydantic import BaseModel, ValidationError
 from starlette.background import BackgroundTask
 from starlette.responses import Response, StreamingResponse
 
-from app.backtrack import BacktrackConfig, Source, guard_answer, guard_stream
+from app.backtrack import BacktrackConfig, Report, Source, guard_answer, guard_stream
 from app.config import Settings
 from app.critic import BatchingCritic
 from app.errors import (
     BadRequest,
     GatewayError,
     NotReady,
-    PayloadTooLarge,
     UnprocessableEntity,
     UpstreamClientError,
 )
 from app.gateway import guidance_headers
+from app.keys import caller_of
+from app.limits import charge_answer, metered, prompt_chars
+from app.observability import (
+    annotate,
+    observe_guide,
+    observed_stream,
+    record_backtrack,
+    traced_chat,
+    traced_open,
+)
 from app.protocol import (
     ChatCompletionRequest,
     JudgementRequest,
+    ModerationPart,
     ModerationRequest,
     SearchRequest,
 )
-from app.upstream import Upstream, relay_sse, relayed_headers
+from app.reload import current
+from app.requests import check_generation, check_messages, json_body, parse, read_json
+from app.training import artifacts_mode
+from app.upstream import Upstream, relayed_headers, until_disconnected
 from guide.backtrack import Marker, strengthened_block
 from guide.batching import BatchingGuide
 from guide.judging import assess_batch, judge_batch
-from guide.options import Applied, GuideOptions, apply_options
+from guide.options import Applied, GuideOptions
 from guide.step import Guidance, latest_user_text
 from guideline_lib.taxonomy import openai_scores
 
 router = APIRouter()
-M = TypeVar("M", bound=BaseModel)
 
 
 def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -48,76 +60,48 @@ def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -
                     headers=headers)
 
 
-async def _read_json(request: Request, limit: int) -> Any:
-    """The request body as JSON, refusing bodies over ``limit`` bytes before reading them all."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"request body is {declared} bytes; the limit is {limit}")
-    chunks = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
-        chunks.append(chunk)
-    raw = b"".join(chunks)
-    if not raw.strip():
-        raise BadRequest("request body is empty; expected a JSON object")
-    try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise BadRequest(f"request body is not valid JSON: {exc}") from None
-
-
-def _parse(model: type[M], data: Any) -> M:
-    if not isinstance(data, dict):
-        raise BadRequest("request body must be a JSON object")
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = ".".join(str(p) for p in err["loc"])
-        raise UnprocessableEntity(f"{loc}: {err['msg']}", param=loc) from None
-
-
 def _state(request: Request) -> tuple[Settings, Upstream, BatchingGuide]:
-    st = request.app.state
-    if getattr(st, "guide", None) is None:
-        raise NotReady("the retriever is not loaded")
-    return st.settings, st.upstream, st.guide
+    gen = current(request)  # the generation this request pinned (app/reload.py)
+    return gen.settings, request.app.state.upstream, gen.guide
 
 
 def _applied(request: Request, options: GuideOptions | None) -> Applied:
     """The deployment policy, tightened by a request's options."""
-    return apply_options(request.app.state.policy, options,
-                         allow_loosen=request.app.state.settings.allow_loosen)
+    gen = current(request)  # the caller's key policy overrides the deployment's (app/keys.py)
+    return caller_of(request.state).applied(gen.policy, options,
+                                            allow_loosen=gen.settings.allow_loosen)
 
 
 async def _guide(request: Request, messages: list[dict[str, Any]],
                  options: GuideOptions | None) -> Guidance:
     """The guide step for one request: the deployment policy, tightened by its options."""
-    return await _state(request)[2].guide(messages, _applied(request, options))
+    return await observe_guide(request, _state(request)[2].guide(
+        messages, _applied(request, options)), injected=False)
 
 
-@router.post("/v1/chat/completions")
+@router.post("/v1/chat/completions", openapi_extra=json_body(ChatCompletionRequest))
 async def chat_completions(request: Request) -> Response:
     """OpenAI chat completions with retrieved guidelines injected, answers under backtracking."""
     settings, upstream, guider = _state(request)
-    data = await _read_json(request, settings.max_body_bytes)
+    data = await read_json(request, settings)
     if isinstance(data, dict) and isinstance(data.get("messages"), list) and not data["messages"]:
         raise BadRequest("messages must contain at least one message", param="messages")
-    parsed = _parse(ChatCompletionRequest, data)
+    parsed = parse(ChatCompletionRequest, data)
+    check_messages(parsed.messages, settings)
+    check_generation(data, settings)
+    caller_of(request.state).check_model(parsed.model)
     applied = _applied(request, parsed.guide_align)
-    guidance = await guider.guide(data["messages"], applied)
+    annotate(request, model=parsed.model, prompt=latest_user_text(data["messages"]))
+    guidance = await observe_guide(request, guider.guide(data["messages"], applied))
     body = {k: v for k, v in data.items() if k != "guide_align"}
     body["messages"] = guidance.messages
     if "stream" in body:
         body["stream"] = bool(parsed.stream)  # null (or a lax "true") as the upstream expects
-    auth = request.headers.get("authorization")
+    auth = caller_of(request.state).upstream_auth(settings, request.headers)
     headers = guidance_headers(guidance)
     state, config = _backtrack(request, applied, body)
     headers["x-guide-align-backtrack"] = state
-    critic: BatchingCritic | None = request.app.state.critic
+    critic: BatchingCritic | None = current(request).critic
 
     async def strengthen(categories: Sequence[str]) -> str:
         return await anyio.to_thread.run_sync(lambda: strengthened_block(
@@ -125,31 +109,43 @@ async def chat_completions(request: Request) -> Response:
 
     if not parsed.stream:
         relayed: dict[str, str] = {}
-        answer = await upstream.chat(body, auth=auth, headers_out=relayed)
+        # a client that goes away cancels the upstream call (until_disconnected)
+        answer = await until_disconnected(
+            request.receive, traced_chat(request, body,
+                                         upstream.chat(body, auth=auth, headers_out=relayed)))
+        charge_answer(request.state, answer, guidance.messages)
         field = guidance.body_field()
         if config is not None and critic is not None:
-            report = await guard_answer(
+            report = await until_disconnected(request.receive, guard_answer(
                 answer, conversation=data["messages"], guided=guidance.messages,
                 judge=critic.judge, strengthen=strengthen, config=config,
-                regenerate=lambda msgs: upstream.chat({**body, "messages": msgs}, auth=auth))
+                regenerate=lambda msgs: upstream.chat({**body, "messages": msgs}, auth=auth)))
+            record_backtrack(request, report)
             headers["x-guide-align-backtrack"] = report.header()
             field["backtrack"] = report.as_dict()
         answer["guide_align"] = field
         return _json(answer, headers={**relayed, **headers})
-    resp = await upstream.open_stream(body, auth=auth)
+    deadline = upstream.deadline()  # TOTAL_TIMEOUT covers the whole stream, retries included
+    resp = await traced_open(request, body,
+                             upstream.open_stream(body, auth=auth, deadline=deadline))
     try:
-        stream = relay_sse(resp)
+        stream = upstream.relay(resp, deadline=deadline)
+        guarded: Report | None = None
         if config is not None and critic is not None:
 
             async def reopen(messages: list[dict[str, Any]]) -> Source:
-                more = await upstream.open_stream({**body, "messages": messages}, auth=auth)
-                return Source(relay_sse(more), more.aclose)
+                more = await upstream.open_stream({**body, "messages": messages}, auth=auth,
+                                                  deadline=deadline)
+                return Source(upstream.relay(more, deadline=deadline), more.aclose)
 
+            guarded = Report(config.mode)
             stream = guard_stream(Source(stream, resp.aclose), conversation=data["messages"],
                                   guided=guidance.messages, judge=critic.judge, reopen=reopen,
-                                  strengthen=strengthen, config=config)
+                                  strengthen=strengthen, config=config, report=guarded)
         # relay_sse closes the upstream response when it ends; the background task closes it
         # too if the body is never iterated (closing twice is harmless).
+        stream = metered(stream, request.state, prompt_chars(guidance.messages))
+        stream = observed_stream(request, stream, guarded)  # span and retractions at its end
         return StreamingResponse(
             stream, media_type="text/event-stream",
             headers={**relayed_headers(resp), **headers, "cache-control": "no-cache",
@@ -168,11 +164,11 @@ def _backtrack(request: Request, applied: Applied, body: dict[str, Any]
     policy = applied.policy
     if policy.backtrack == "off":
         return "off", None
-    if request.app.state.critic is None:
+    if current(request).critic is None:
         return "unavailable", None
     if body.get("n") not in (None, 1):
         return "unsupported", None
-    s: Settings = request.app.state.settings
+    s: Settings = current(request).settings
     return policy.backtrack, BacktrackConfig(
         mode=policy.backtrack, window=policy.backtrack_window, every=s.backtrack_every,
         threshold=s.backtrack_threshold, max_retractions=policy.backtrack_max_retractions,
@@ -181,13 +177,17 @@ def _backtrack(request: Request, applied: Applied, body: dict[str, Any]
         log_retracted=s.backtrack_log_retracted)
 
 
-@router.post("/v1/guidelines/search")
+@router.post("/v1/guidelines/search", openapi_extra=json_body(SearchRequest))
 async def search_guidelines(request: Request) -> Response:
     """The guidelines a chat request with these messages would get, with scores; no LLM call."""
     settings, _, _ = _state(request)
-    parsed = _parse(SearchRequest, await _read_json(request, settings.max_body_bytes))
-    messages = ([{"role": "user", "content": parsed.input}] if isinstance(parsed.input, str)
-                else [m.model_dump() for m in parsed.input])
+    data = await read_json(request, settings)
+    parsed = parse(SearchRequest, data)
+    if isinstance(parsed.input, str):
+        messages = [{"role": "user", "content": parsed.input}]
+    else:
+        check_messages(parsed.input, settings, param="input")
+        messages = data["input"]  # as a chat request would pass them to the guide step
     if not latest_user_text(messages):
         raise BadRequest("input has no user text to search for", param="input")
     guidance = await _guide(request, messages, parsed.options())
@@ -204,16 +204,24 @@ def _judge(request: Request) -> Any:
     return guider
 
 
-@router.post("/v1/moderations")
+@router.post("/v1/moderations", openapi_extra=json_body(ModerationRequest))
 async def moderations(request: Request) -> Response:
     """OpenAI-compatible moderation by the prompt-risk judge: taxonomy ids as categories, plus
     OpenAI's own category names where a taxonomy category maps onto them."""
-    settings = request.app.state.settings
-    guider = _judge(request)
-    parsed = _parse(ModerationRequest, await _read_json(request, settings.max_body_bytes))
+    gen = current(request)
+    settings = gen.settings
+    parsed = parse(ModerationRequest, await read_json(request, settings))
     texts = _moderation_texts(parsed.input)
-    configured = request.app.state.policy.risk_threshold
-    threshold = configured if configured is not None else guider.judge.threshold
+    check_messages(texts, settings, param="input")
+    guider = _judge(request)
+    # without a gate the judge's own threshold is the policy a request may tighten
+    base = gen.policy if gen.policy.risk_threshold is not None else dataclasses.replace(
+        gen.policy, risk_threshold=guider.judge.threshold)
+    applied = caller_of(request.state).applied(base, parsed.guide_align,
+                                               allow_loosen=settings.allow_loosen)
+    threshold = applied.policy.risk_threshold
+    if threshold is None:  # a key policy may switch the gate off
+        threshold = guider.judge.threshold
     risks = await anyio.to_thread.run_sync(
         lambda: assess_batch([[{"role": "user", "content": t}] for t in texts],
                              guider.retriever, guider.judge, window=settings.window))
@@ -229,11 +237,17 @@ async def moderations(request: Request) -> Response:
             "category_applied_input_types": {n: ["text"] for n in scores},
             "risk": round(risk.score, 4),
         })
+    field: dict[str, Any] = {"risk_threshold": round(threshold, 4)}
+    headers = {}
+    if applied.ignored:
+        field["ignored"] = list(applied.ignored)
+        headers["x-guide-align-ignored"] = ",".join(applied.ignored)
     return _json({"id": f"modr-{uuid.uuid4().hex[:24]}", "model": parsed.model or
-                  "guide-align-judge", "results": results})
+                  "guide-align-judge", "results": results, "guide_align": field},
+                 headers=headers)
 
 
-def _moderation_texts(value: str | list[str] | list[dict[str, Any]]) -> list[str]:
+def _moderation_texts(value: str | list[str] | list[ModerationPart]) -> list[str]:
     if isinstance(value, str):
         items: list[Any] = [value]
     else:
@@ -242,21 +256,25 @@ def _moderation_texts(value: str | list[str] | list[dict[str, Any]]) -> list[str
         raise BadRequest("input must not be empty", param="input")
     texts = []
     for n, item in enumerate(items):
-        if isinstance(item, dict):
-            if item.get("type") != "text" or not isinstance(item.get("text"), str):
+        if isinstance(item, ModerationPart):
+            if item.type != "text" or item.text is None:
                 raise BadRequest(f"input[{n}]: only text parts can be moderated", param="input")
-            item = item["text"]
+            item = item.text
         texts.append(item)
     return texts
 
 
-@router.post("/v1/judgements")
+@router.post("/v1/judgements", openapi_extra=json_body(JudgementRequest))
 async def judgements(request: Request) -> Response:
     """The response judge on a conversation ending with the assistant answer to judge."""
-    settings = request.app.state.settings
+    settings = current(request).settings
+    data = await read_json(request, settings)
+    parsed = parse(JudgementRequest, data)
+    check_messages(parsed.messages, settings)
+    if "guide_align" in data:  # nothing here depends on the guidance policy
+        raise UnprocessableEntity("judgements take no guide_align options", param="guide_align")
     guider = _judge(request)
-    parsed = _parse(JudgementRequest, await _read_json(request, settings.max_body_bytes))
-    messages = [m.model_dump() for m in parsed.messages]
+    messages: list[dict[str, Any]] = data["messages"]
     last = messages[-1]
     if last.get("role") != "assistant" or not isinstance(last.get("content"), str | list):
         raise UnprocessableEntity("the last message must be the assistant answer to judge",
@@ -264,8 +282,9 @@ async def judgements(request: Request) -> Response:
     if not latest_user_text(messages[:-1]):
         raise UnprocessableEntity("messages need a user turn before the answer",
                                   param="messages")
-    answer = last["content"] if isinstance(last["content"], str) else " ".join(
-        p.get("text", "") for p in last["content"] if isinstance(p, dict))
+    content = parsed.messages[-1].content  # validated: a string or typed parts
+    answer = content if isinstance(content, str) else " ".join(
+        p.text for p in content or () if p.type == "text" and p.text)
     verdict = (await anyio.to_thread.run_sync(
         lambda: judge_batch([messages[:-1]], [answer], guider.retriever, guider.judge)))[0]
     return _json({"object": "judgement", "label": verdict.label,
@@ -278,7 +297,13 @@ async def judgements(request: Request) -> Response:
 async def models(request: Request) -> Response:
     """The upstream's model list."""
     upstream: Upstream = request.app.state.upstream
-    return _json(await upstream.get_json("/models", auth=request.headers.get("authorization")))
+    caller = caller_of(request.state)
+    listed = await upstream.get_json(
+        "/models", auth=caller.upstream_auth(request.app.state.settings, request.headers))
+    if caller.policy.models and isinstance(listed, dict) and isinstance(listed.get("data"), list):
+        listed["data"] = [m for m in listed["data"]  # only the models this key may use
+                          if isinstance(m, dict) and caller.policy.allows(m.get("id"))]
+    return _json(listed)
 
 
 @router.get("/healthz")
@@ -291,7 +316,8 @@ async def healthz() -> Response:
 async def readyz(request: Request) -> Response:
     """Ready when the index is loaded and the upstream answers."""
     st = request.app.state
-    checks: dict[str, Any] = {"index": getattr(st, "guide", None) is not None}
+    gen = getattr(st, "generation", None)
+    checks: dict[str, Any] = {"index": gen is not None}
     try:
         await st.upstream.get_json("/models", timeout=st.settings.ready_timeout)
         checks["upstream"] = True
@@ -304,7 +330,8 @@ async def readyz(request: Request) -> Response:
         checks["upstream"] = False
         checks["upstream_error"] = exc.message
     ok = checks["index"] and checks["upstream"]
-    if ok:
-        checks["guidelines"] = st.guide.retriever.size
+    if ok and gen is not None:
+        checks["guidelines"] = gen.retriever.size
+    checks["artifacts"] = artifacts_mode(request.app, st.settings)  # quick start or trained
     return _json({"status": "ready" if ok else "not_ready", "checks": checks},
                  status=200 if ok else 503)

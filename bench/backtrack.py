@@ -37,7 +37,7 @@ from app.backtrack import BacktrackConfig, Report, Source, guard_stream
 from app.config import Settings
 from app.critic import BatchingCritic
 from bench.backtrack_streams import BENIGN, UNSAFE, Case
-from bench.common import machine, pct, save_results
+from bench.common import add_out_argument, machine, pct, save_results
 from guide.backtrack import strengthened_block
 
 console = Console(width=170)
@@ -251,11 +251,12 @@ def main() -> None:
     parser.add_argument("--windows", default="0,4,8,16,32")
     parser.add_argument("--thresholds", default="",
                         help="P(unsafe) thresholds to compare (default: the setting)")
-    parser.add_argument("--out", default="backtrack")
+    parser.add_argument("--name", default="backtrack", help="results name")
+    add_out_argument(parser)
     args = parser.parse_args()
     data = asyncio.run(main_async(args))
     show(data)
-    console.print(f"saved {save_results(args.out, data)}")
+    console.print(f"saved {save_results(args.name, data, args.out)}")
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.common import add_out_argument, save_results  # noqa: E402
 from guideline_lib.assemble import assemble_library  # noqa: E402
 from guideline_lib.build import BuildConfig, input_records, run_build  # noqa: E402
 from guideline_lib.inputs import InputItem, input_key  # noqa: E402
@@ -161,8 +162,7 @@ def main() -> None:
     parser.add_argument("--levels", default="1,2,4", help="concurrency levels")
     parser.add_argument("--max-tokens", type=int, default=160)
     parser.add_argument("--base-url", help="use this server instead of starting llama.cpp")
-    parser.add_argument("--output", type=Path,
-                        default=ROOT / "bench" / "results" / "builder_throughput.json")
+    add_out_argument(parser)
     args = parser.parse_args()
     levels = [int(x) for x in args.levels.split(",")]
     n = max(1, min(args.inputs, len(INPUTS)))
@@ -194,9 +194,7 @@ def main() -> None:
               args.max_tokens, "wall_s": round(time.perf_counter() - started, 1), "rows": rows,
               "overall": overall(rows),
               "note": "fraction = server-alone seconds / builder seconds for the same prompts"}
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.output}")
+    print(f"wrote {save_results('builder_throughput', result, args.out)}")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -79,10 +80,30 @@ def machine() -> dict[str, Any]:
             "platform": platform.platform(), "date": time.strftime("%Y-%m-%d %H:%M:%S")}
 
 
-def save_results(name: str, data: dict[str, Any]) -> Path:
-    """Write results JSON under bench/results/."""
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{name}.json"
+# Where a run writes unless asked otherwise: ignored by git, so a run leaves the checkout clean.
+UNTRACKED = RESULTS.parent.parent / "var" / "bench"
+
+
+def add_out_argument(parser: argparse.ArgumentParser) -> None:
+    """``--out``: without it results go to var/bench/ (untracked); ``--out`` alone writes the
+    committed file under bench/results/, ``--out PATH`` writes PATH."""
+    parser.add_argument("--out", nargs="?", const="", default=None, metavar="PATH",
+                        help="write bench/results/<name>.json (or PATH) instead of var/bench/")
+
+
+def results_path(name: str, out: str | Path | None = None) -> Path:
+    """Where results named ``name`` are written for an ``--out`` value (see add_out_argument)."""
+    if out is None:
+        return UNTRACKED / f"{name}.json"
+    if str(out) == "":
+        return RESULTS / f"{name}.json"
+    return Path(out)
+
+
+def save_results(name: str, data: dict[str, Any], out: str | Path | None = None) -> Path:
+    """Write results JSON where ``results_path`` says."""
+    path = results_path(name, out)
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=2) + "\n")
     return path
 

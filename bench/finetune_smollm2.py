@@ -37,7 +37,7 @@ from rich.table import Table
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from app.launcher import smollm2_path, start_llama_server, stop_process, wait_until_ready  # noqa: E402
-from bench.common import free_port, machine, save_results  # noqa: E402
+from bench.common import add_out_argument, free_port, machine, save_results  # noqa: E402
 from finetune.evaluate import library_eval_items  # noqa: E402
 from guideline_lib.io import default_library_path, load_library  # noqa: E402
 
@@ -133,6 +133,7 @@ def main() -> None:
     ap.add_argument("--reuse", action="store_true",
                     help="keep the export, tuned model and evaluation reports already in the "
                          "work directory; run only the steps whose output is missing")
+    add_out_argument(ap)
     args = ap.parse_args()
     work: Path = args.work
     work.mkdir(parents=True, exist_ok=True)
@@ -217,7 +218,7 @@ def main() -> None:
     gw = results["evaluate_gateway"]["rows"]
     table("held-out, base Q4_1 GGUF on llama.cpp without and with the gateway",
           [gw[0], {**gw[1], "name": "base + gateway"}])
-    console.print(f"saved {save_results('finetune_smollm2', results)}")
+    console.print(f"saved {save_results('finetune_smollm2', results, args.out)}")
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import (
+    add_out_argument,
     free_port,
     machine,
     pct,
@@ -119,6 +120,7 @@ def main() -> None:
                     help="gateway processes (`guide-align serve --workers N`)")
     ap.add_argument("--no-gate-baseline", action="store_true",
                     help="skip the second gateway with the risk gate off")
+    add_out_argument(ap)
     args = ap.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
 
@@ -172,7 +174,7 @@ def main() -> None:
                 results[f"c{c}_{mode}"] = summarise(acc)
                 show(c, mode, results[f"c{c}_{mode}"])
         path = save_results(args.name, {"machine": machine(), "args": vars(args),
-                                        "results": results})
+                                        "results": results}, args.out)
         console.print(f"results written to {path}")
     finally:
         for p in procs:

@@ -31,7 +31,7 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import machine, pct, save_results
+from bench.common import add_out_argument, machine, pct, save_results
 from retriever.index import IndexConfig, make_faiss_index
 
 console = Console(width=150)
@@ -148,7 +148,7 @@ def built_params(index: Any, config: IndexConfig) -> str:
 
 
 def main() -> None:
-    """Measure every size x kind, print the table, write bench/results/index_scale.json."""
+    """Measure every size x kind, print the table, write var/bench/ (--out: bench/results/)."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sizes", default="10000,100000,1000000")
     ap.add_argument("--kinds", default="flat,hnsw,ivfpq")
@@ -167,6 +167,7 @@ def main() -> None:
     ap.add_argument("--ivf-nlist-max", type=int, default=1024,
                     help="cap on IndexConfig's 4*sqrt(n) lists (k-means cost grows with it)")
     ap.add_argument("--ivf-nprobe", type=int, default=IndexConfig().ivf_nprobe)
+    add_out_argument(ap)
     args = ap.parse_args()
     k = args.k
     kinds = args.kinds.split(",")
@@ -207,7 +208,7 @@ def main() -> None:
         "machine": machine(), "args": vars(args), "rows": rows,
         "seconds": time.perf_counter() - started,
         "note": "2 shared CPU cores; other load may have been present during the run",
-    })
+    }, args.out)
     console.print(f"wrote {path} ({time.perf_counter() - started:.0f}s)")
 
 

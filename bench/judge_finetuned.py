@@ -10,7 +10,7 @@ family-split test set, next to the shipped gate (kNN over the library's examples
 run, with the same metrics as bench/judge_quality.py, plus the per-prompt latency of each.
 This model needs a second encoder pass per request (the gate reuses the retriever's embedding),
 so it is measured here as an offline option, not wired into the request path.
-Writes bench/results/judge_finetuned.json.
+Writes var/bench/judge_finetuned.json, or with ``--out`` bench/results/judge_finetuned.json.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from app.config import Settings
-from bench.common import machine, save_results
+from bench.common import add_out_argument, machine, save_results
 from bench.judge_quality import tuned_threshold
 from bench.retrieval_quality import _half, load_sets
 from guide.judging import assess_batch
@@ -50,6 +50,7 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=4000)
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--max-length", type=int, default=64)
+    add_out_argument(ap)
     args = ap.parse_args()
     if not args.data.is_dir():
         console.print(f"no evaluation data at {args.data}; nothing to measure")
@@ -136,7 +137,8 @@ def main() -> None:
                       f"{m['recall_at_threshold']:.3f}", f"{m['fpr_at_threshold']:.3f}",
                       f"{own_m['auroc']:.3f}", f"{own_m['recall_at_3pct_fpr']:.3f}", f"{p50:.1f}")
     console.print(table)
-    console.print(f"saved {save_results('judge_finetuned', {'machine': machine(), **results})}")
+    path = save_results('judge_finetuned', {'machine': machine(), **results}, args.out)
+    console.print(f"saved {path}")
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@
    harmful -> any safety guideline injected and category hit@6; benign -> over-triggering;
    on the test halves and on the judge's own family-split test set.
 3. Latency of the guide step with and without the judge (p50 / p99 per single prompt).
-Writes bench/results/judge_quality.json.
+Writes var/bench/judge_quality.json, or with ``--out`` bench/results/judge_quality.json.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from rich.table import Table
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from app.config import Settings
-from bench.common import machine, save_results
+from bench.common import add_out_argument, machine, save_results
 from bench.retrieval_quality import EvalSet, _half, load_sets
 from guide.step import as_conversation, guide_batch
 from guideline_lib.taxonomy import ALIASES, CATEGORY_HINTS, TAXONOMY
@@ -66,6 +66,7 @@ def main() -> None:
                     / "data")
     ap.add_argument("--alpaca-max", type=int, default=2000)
     ap.add_argument("--latency-prompts", type=int, default=200)
+    add_out_argument(ap)
     args = ap.parse_args()
     if not args.data.is_dir():
         console.print(f"no evaluation data at {args.data}; nothing to measure")
@@ -131,7 +132,7 @@ def main() -> None:
                                  [: args.latency_prompts])
     path = save_results("judge_quality", {"machine": machine(), "judge": {
         k: heads.manifest.get(k) for k in ("encoder_hash", "data_hash", "threshold", "counts",
-                                           "metrics")}, **results})
+                                           "metrics")}, **results}, args.out)
     console.print(f"saved {path}")
 
 

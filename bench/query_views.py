@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from app.config import Settings
-from bench.common import machine, save_results
+from bench.common import add_out_argument, machine, save_results
 from bench.retrieval_quality import load_sets
 from retriever.query import TAIL_WORDS, query_views
 
@@ -36,6 +36,7 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared"
                     / "data")
     ap.add_argument("--alpaca-max", type=int, default=2000)
+    add_out_argument(ap)
     args = ap.parse_args()
     if not args.data.is_dir():
         console.print(f"no evaluation data at {args.data}; nothing to measure")
@@ -70,7 +71,7 @@ def main() -> None:
         table.add_row(s.name, str(len(s.prompts)), str(long_n), metric, f"{a:.3f}", f"{b:.3f}",
                       f"{b - a:+.3f}")
     console.print(table)
-    path = save_results("query_views", {"machine": machine(), "results": results})
+    path = save_results("query_views", {"machine": machine(), "results": results}, args.out)
     console.print(f"saved {path}")
 
 

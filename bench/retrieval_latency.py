@@ -32,7 +32,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from app.config import Settings
-from bench.common import machine, pct, save_results
+from bench.common import add_out_argument, machine, pct, save_results
 from guideline_lib.io import default_library_path, load_library
 from guideline_lib.schema import Library
 from retriever.backends import (
@@ -178,7 +178,7 @@ def measure(subjects: list[Subject], queries: list[str], args: argparse.Namespac
 
 
 def main() -> None:
-    """Run every backend, print the table, write bench/results/retrieval_latency.json."""
+    """Run every backend, print the table, write var/bench/ (--out: bench/results/)."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--library", type=Path, default=default_library_path())
     ap.add_argument("--encoder", type=Path, default=None,
@@ -193,6 +193,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1,
                     help="torch / ONNX Runtime intra-op threads, the same for every backend "
                     "(0: as the gateway loads them: torch min(4, cores), ORT half the cores)")
+    add_out_argument(ap)
     args = ap.parse_args()
 
     library = load_library(args.library)
@@ -245,7 +246,7 @@ def main() -> None:
         "threads": args.threads or "gateway defaults",
         "baseline": base["backend"], "rows": rows,
         "note": "2 shared CPU cores; other load may have been present during the run",
-    })
+    }, args.out)
     console.print(f"wrote {path}")
 
 

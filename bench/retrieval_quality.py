@@ -26,7 +26,7 @@ from rich.table import Table
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from bench.common import machine, save_results
+from bench.common import add_out_argument, machine, save_results
 from evaluation.public import PUBLIC_SETS, raw_rows
 from evaluation.public import half as _half
 from guideline_lib.io import default_library_path, load_library
@@ -190,6 +190,7 @@ def main() -> None:
     ap.add_argument("--name", default="retrieval_quality")
     ap.add_argument("--systems", default="bm25,minilm_zero_shot,trained",
                     help="comma-separated subset of bm25, minilm_zero_shot, trained")
+    add_out_argument(ap)
     args = ap.parse_args()
     if not args.data.exists():
         console.print(f"{args.data} not found: nothing to measure (skipped)")
@@ -233,7 +234,7 @@ def main() -> None:
     path = save_results(args.name, {"machine": machine(), "library": {
         "name": library.manifest.name, "version": library.manifest.version,
         "hash": library.content_hash()}, "split": "min_score tuned on dev half, reported on "
-        "test half (sha1 of the prompt)", "results": results})
+        "test half (sha1 of the prompt)", "results": results}, args.out)
     console.print(f"results written to {path}")
 
 

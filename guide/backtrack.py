@@ -13,8 +13,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from guide.views import conversation_views, normalise_roles
 from guideline_lib.render import inject_system
-from retriever.query import conversation_query, query_views
+from retriever.query import conversation_query
 from retriever.types import Retriever, SelectConfig
 
 Mode = Literal["off", "monitor", "enforce"]
@@ -134,7 +135,7 @@ def strengthened_block(messages: Sequence[dict[str, Any]], categories: Sequence[
     cats = set(categories)
     config = SelectConfig(k=50, min_score=-1.0, safety_margin=None, candidates=200,
                           dedup_threshold=1.0)
-    hits = retriever.search_batch([query_views(messages, window=window)], [config])[0]
+    hits = retriever.search_batch([conversation_views(messages, window=window)], [config])[0]
     texts = [h.text for h in hits if h.category in cats and h.kind == "safety"][:k]
     lines = [STRENGTHEN.format(topics=", ".join(c.replace("_", " ") for c in categories)
                                or "unsafe topics")]
@@ -209,4 +210,4 @@ def guess_language(text: str) -> str:
 
 def closing(messages: Sequence[dict[str, Any]]) -> str:
     """The short safe completion in the language of the latest user turn."""
-    return CLOSINGS[guess_language(conversation_query(messages, window=0))]
+    return CLOSINGS[guess_language(conversation_query(normalise_roles(messages), window=0))]

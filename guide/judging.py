@@ -6,9 +6,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from guide.options import Policy
-from guide.step import plan_views
+from guide.step import latest_user_text, plan_views
 from judge.model import LinearHeads, Risk, Verdict, answer_views, response_features
-from retriever.query import conversation_query
 from retriever.types import Retriever
 
 
@@ -23,7 +22,7 @@ def assess_batch(conversations: Sequence[Sequence[dict[str, Any]]], retriever: R
 def judge_batch(conversations: Sequence[Sequence[dict[str, Any]]], answers: Sequence[str],
                 retriever: Retriever, judge: LinearHeads) -> list[Verdict]:
     """The response judge's verdict on each (conversation, answer) pair."""
-    prompts = [(conversation_query(m, window=0),) for m in conversations]
+    prompts = [(latest_user_text(m),) for m in conversations]
     heads, tails = zip(*(answer_views(a) for a in answers), strict=True)
     n = len(answers)
     vecs = retriever.encode([*prompts, *[(h,) for h in heads], *[(t,) for t in tails]])

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -21,6 +21,8 @@ from retriever.types import SelectConfig
 # Bounds shared by every request model that carries these options (one limit, one place).
 K_MAX = 50
 BACKTRACK_WINDOW_MAX = 200
+KOption = Annotated[int, Field(ge=0, le=K_MAX, strict=True)]
+ScoreOption = Annotated[float, Field(ge=-1.0, le=1.0, strict=True)]
 
 
 class GuideOptions(BaseModel):
@@ -29,8 +31,8 @@ class GuideOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     enabled: bool | None = None
-    k: int | None = Field(None, ge=0, le=K_MAX)
-    min_score: float | None = Field(None, ge=-1.0, le=1.0)
+    k: KOption | None = None
+    min_score: ScoreOption | None = None
     safety_margin: float | None = Field(None, ge=-1.0, le=1.0)
     risk_threshold: float | None = Field(None, ge=0.0, le=1.0)
     # stream backtracking (guide/backtrack.py): the mode, the hold-back window in words, and how
@@ -38,6 +40,8 @@ class GuideOptions(BaseModel):
     backtrack: Literal["off", "monitor", "enforce"] | None = None
     backtrack_window: int | None = Field(None, ge=0, le=BACKTRACK_WINDOW_MAX)
     backtrack_max_retractions: int | None = Field(None, ge=0, le=10)
+    # how much the answer's `guide_align` field says: ids (default) or the guideline texts too
+    details: Literal["ids", "full"] | None = None
 
 
 @dataclass(frozen=True)
@@ -56,6 +60,11 @@ class Policy:
     backtrack: str = "off"
     backtrack_window: int = 16  # words held back from the client
     backtrack_max_retractions: int = 2
+    # Query views per conversation at most (guide/views.py), bounding a long input's cost.
+    max_views: int = 48
+    details: str = "ids"  # what the answer's guide_align field lists (presentation only)
+    # The key of the guideline block's markers (guide/forgery.py); None: an unsigned block.
+    sign_key: bytes | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -106,6 +115,9 @@ RULES: dict[str, Rule] = {
         lambda p: p.backtrack_max_retractions,
         lambda p, v: dataclasses.replace(p, backtrack_max_retractions=v),
         lambda req, cur: req <= cur),
+    # presentation only: neither tighter nor looser
+    "details": Rule(lambda p: p.details, lambda p, v: dataclasses.replace(p, details=v),
+                    lambda req, cur: True),
 }
 
 

@@ -8,17 +8,21 @@ search`, finetune generate) goes through ``guide_batch``; later stages plug in h
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from guide.forgery import defang, sign_block
 from guide.options import Policy
+from guide.views import conversation_views, normalise_roles
 from guideline_lib.render import inject_system, render_guidelines
 from judge.model import LinearHeads, Risk
-from retriever.query import conversation_query, query_views
+from retriever.query import conversation_query
 from retriever.types import Hit, Retriever
 
 Messages = list[dict[str, Any]]
+log = logging.getLogger("guide_align.guide")
 
 
 @dataclass(frozen=True)
@@ -31,12 +35,15 @@ class Guidance:
     ignored: tuple[str, ...] = field(default=())  # request options not applied (looser)
     risk: Risk | None = None  # prompt risk, when a judge is loaded
     gate: str = "off"  # "open" / "closed" when the risk gate decided, "off" otherwise
+    details: str = "ids"  # "full": the body field lists each guideline's text too
+    forgeries: int = 0  # client text imitating the guideline block, neutralised
 
     def body_field(self) -> dict[str, Any]:
         """The ``guide_align`` field of a non-streaming answer."""
+        full = self.details == "full"
         out: dict[str, Any] = {"guidelines": [
             {"id": h.id, "category": h.category, "kind": h.kind, "score": round(h.score, 4)}
-            for h in self.hits]}
+            | ({"text": h.text} if full else {}) for h in self.hits]}
         if self.risk is not None:
             out["risk"] = {"score": round(self.risk.score, 4), "gate": self.gate,
                            "categories": {c: round(s, 4) for c, s in self.risk.top(3)}}
@@ -53,15 +60,21 @@ def as_conversation(query: str | Sequence[dict[str, Any]]) -> Messages:
 
 
 def latest_user_text(messages: Sequence[dict[str, Any]]) -> str:
-    """The latest non-empty user turn's text ("" when there is none)."""
-    return conversation_query(messages, window=0)
+    """The latest non-empty user turn's text ("" when there is none; roles normalised)."""
+    return conversation_query(normalise_roles(messages), window=0)
 
 
 def plan_views(messages: Sequence[dict[str, Any]], policy: Policy) -> tuple[str, ...]:
     """The texts embedded for a conversation under ``policy`` (none when guidance is off)."""
     if not policy.enabled or policy.select.k == 0:
         return ()
-    return query_views(messages, window=policy.window)
+    return conversation_views(messages, window=policy.window, max_views=policy.max_views)
+
+
+def client_conversation(messages: Sequence[dict[str, Any]]) -> tuple[Messages, int]:
+    """The client's messages as they are forwarded, before the block is injected: recognised
+    roles normalised, text imitating the guideline block defanged (and how many times)."""
+    return defang(normalise_roles(messages))
 
 
 def gate(hits: Sequence[Hit], risk: Risk | None, policy: Policy) -> tuple[list[Hit], str]:
@@ -86,7 +99,8 @@ def guide_batch(
     ignored: Sequence[tuple[str, ...]] | None = None,
 ) -> list[Guidance]:
     """Guidance for many conversations, each under its own policy, in one encoder call."""
-    views = [plan_views(m, p) for m, p in zip(conversations, policies, strict=True)]
+    clients = [client_conversation(m) for m in conversations]
+    views = [plan_views(m, p) for (m, _), p in zip(clients, policies, strict=True)]
     groups = [len(v) for v in views]
     vectors = retriever.encode(views)
     risks: list[Risk | None] = (list(judge.risks(vectors, groups)) if judge is not None
@@ -94,17 +108,23 @@ def guide_batch(
     ranked = retriever.candidates(vectors, groups, [p.select for p in policies])
     notes = ignored if ignored is not None else [()] * len(conversations)
     out = []
-    for messages, v, cands, risk, policy, note in zip(conversations, views, ranked, risks,
-                                                      policies, notes, strict=True):
+    for (messages, forged), v, cands, risk, policy, note in zip(clients, views, ranked, risks,
+                                                                policies, notes, strict=True):
         risk = risk if v else None
         gated, decision = gate(cands, risk, policy)
         select = policy.select
         if decision != "off":  # the gate replaces the safety-margin rule
             select = dataclasses.replace(select, safety_margin=None)
         hits = retriever.select(gated, select)
-        out.append(Guidance(hits=hits, messages=inject_system(list(messages),
-                                                              render_guidelines(hits)),
-                            views=v, ignored=tuple(note), risk=risk, gate=decision))
+        block = render_guidelines(hits)
+        if policy.sign_key is not None:
+            block = sign_block(block, messages, policy.sign_key)
+        if forged:
+            log.warning("neutralised %d imitation(s) of the guideline block in a request",
+                        forged)
+        out.append(Guidance(hits=hits, messages=inject_system(messages, block), views=v,
+                            ignored=tuple(note), risk=risk, gate=decision,
+                            details=policy.details, forgeries=forged))
     return out
 
 

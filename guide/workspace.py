@@ -71,6 +71,9 @@ class Workspace(BaseSettings):
     candidates: int = Field(_DEFAULT_SELECT.candidates, ge=1, le=500)
     mmr: bool = _DEFAULT_SELECT.mmr
     window: int = Field(3, ge=0, le=50)
+    # query views per conversation at most: long inputs are viewed as overlapping passages
+    # (guide/views.py), each one an encoder row
+    max_views: int = Field(48, ge=2, le=256)
     # The prompt-risk gate (judge/): on by default. prepare trains the judge, whose dev-chosen
     # threshold applies unless set here; at the margin rule's own over-triggering it finds more
     # harmful prompts (bench/judge_quality.py). /v1/moderations and /v1/judgements need it.
@@ -144,7 +147,8 @@ class Workspace(BaseSettings):
             threshold = self.risk_threshold if self.risk_threshold is not None \
                 else judge.threshold
         return Policy(enabled=self.guidance, select=self.select_config(), window=self.window,
-                      risk_threshold=threshold, category_weight=self.category_weight)
+                      risk_threshold=threshold, category_weight=self.category_weight,
+                      max_views=self.max_views)
 
     def retriever_paths(self) -> RetrieverPaths:
         """Where the retriever's library, encoder, exports and index live."""

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from guideline_lib.io import load_library
 from retriever.backends import (
@@ -50,7 +51,8 @@ def trained_encoder_is_current(encoder: Path, library_hash: str) -> bool:
 
 
 def ensure_trained_encoder(library_path: Path, encoder: Path,
-                           config: TrainConfig | None = None, *, log: Log = print) -> bool:
+                           config: TrainConfig | None = None, *, log: Log = print,
+                           callbacks: Sequence[Any] = ()) -> bool:
     """Train the retriever for the library into ``encoder`` unless a current one is there;
     True when it trained.
 
@@ -70,7 +72,8 @@ def ensure_trained_encoder(library_path: Path, encoder: Path,
         if trained_encoder_is_current(encoder, library.content_hash()):
             return False
         log(f"training the retriever on {library_path} -> {encoder} (first start only)")
-        result = train_retriever(library, encoder, config=config)
+        extra: dict[str, Any] = {"callbacks": callbacks} if callbacks else {}  # progress
+        result = train_retriever(library, encoder, config=config, **extra)
     log(f"retriever trained in {result.seconds:.0f}s; held-out before {result.before} "
         f"after {result.after}")
     return True

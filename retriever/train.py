@@ -7,6 +7,7 @@ import random
 import shutil
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -94,6 +95,7 @@ def train_retriever(
     *,
     config: TrainConfig | None = None,
     show_progress: bool = True,
+    callbacks: Sequence[Any] = (),
 ) -> TrainResult:
     """Numbered steps: model, data (+hard negatives), loss, evaluator, arguments, trainer, save."""
     from datasets import Dataset
@@ -175,6 +177,7 @@ def train_retriever(
     try:
         trainer = SentenceTransformerTrainer(
             model=model, args=args, train_dataset=train_dataset, loss=loss,
+            callbacks=list(callbacks) or None,
         )
         trainer.train()
     finally:

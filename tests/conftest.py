@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # full judge on the full data would dominate the suite; test_config checks the default). Tests
 # of the gate pass a small trained judge explicitly (tests/judge, tests/app/test_moderation.py).
 os.environ["GUIDE_ALIGN_RISK_GATE"] = "false"
+# Gateway keys live in a store of the test session's own: keys in the workspace's
+# var/keys.sqlite would otherwise close the open gateway that most tests use.
+os.environ["GUIDE_ALIGN_KEYS_DB"] = (
+    f"sqlite:///{tempfile.mkdtemp(prefix='guide-align-keys-')}/keys.sqlite")
 
 from guideline_lib.schema import Example, Guideline, Library, Manifest
 

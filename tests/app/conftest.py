@@ -25,14 +25,15 @@ def upstream_log() -> UpstreamLog:
 
 @pytest.fixture
 def gateway(small_retriever, upstream_log) -> Callable[..., Any]:  # type: ignore[no-untyped-def]
-    """Factory: a TestClient over the gateway, upstream reached through ASGITransport."""
+    """Factory: a TestClient over the gateway, upstream reached through ASGITransport; pass
+    ``judge`` (e.g. ``small_judge[0]``) to serve moderations and judgements."""
 
     @contextmanager
-    def make(**overrides: Any) -> Iterator[TestClient]:
-        settings = Settings(upstream_base_url="http://upstream.test/v1", min_score=0.2,
-                            safety_margin=None, **overrides)
+    def make(judge: Any = None, **overrides: Any) -> Iterator[TestClient]:
+        settings = Settings(**{"upstream_base_url": "http://upstream.test/v1", "min_score": 0.2,
+                               "safety_margin": None, **overrides})
         transport = httpx.ASGITransport(app=make_upstream(upstream_log))
-        app = create_app(settings, retriever=small_retriever, transport=transport)
+        app = create_app(settings, retriever=small_retriever, judge=judge, transport=transport)
         with TestClient(app, raise_server_exceptions=False) as client:
             yield client
 

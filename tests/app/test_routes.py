@@ -138,9 +138,9 @@ def test_harmful_request_split_across_turns_is_seen(gateway, upstream_log):
     with gateway() as c:
         resp = c.post("/v1/chat/completions", json={"messages": turns})
     assert "cybercrime" in resp.headers["x-guide-align-categories"]
-    with gateway(window=0) as c:
+    with gateway(window=0) as c:  # no joined turns: every earlier user turn is still a view
         resp = c.post("/v1/chat/completions", json={"messages": turns})
-    assert "cybercrime" not in resp.headers["x-guide-align-categories"]
+    assert "cybercrime" in resp.headers["x-guide-align-categories"]
 
 
 def test_streaming_relays_events_and_done(gateway):
@@ -190,7 +190,8 @@ def test_body_over_limit_is_413(gateway, upstream_log):
         assert resp.status_code == 413
         assert error_of(resp)["code"] == "payload_too_large"
         # chunked upload without content-length is cut off too
-        resp = c.post("/v1/chat/completions", content=iter([b'{"messages": "', b"y" * 5000]))
+        resp = c.post("/v1/chat/completions", content=iter([b'{"messages": "', b"y" * 5000]),
+                      headers={"content-type": "application/json"})
         assert resp.status_code == 413
     assert upstream_log.bodies == []
 
@@ -233,7 +234,7 @@ def test_upstream_key_is_never_leaked(gateway, upstream_log):
 
 
 def test_client_authorization_forwarded_without_configured_key(gateway, upstream_log):
-    with gateway() as c:
+    with gateway(forward_client_auth=True) as c:
         c.post("/v1/chat/completions", json={"messages": USER},
                headers={"authorization": "Bearer client-key"})
     assert upstream_log.headers[-1]["authorization"] == "Bearer client-key"
@@ -303,7 +304,7 @@ def test_refused_gateway_key_is_a_502_but_a_refused_client_key_is_relayed(gatewa
         resp = c.post("/v1/chat/completions", json={"model": "auth-401", "messages": USER})
         assert resp.status_code == 502  # the operator's key, not the client's fault
         assert "gateway's API key" in resp.json()["error"]["message"]
-    with gateway() as c:
+    with gateway(forward_client_auth=True) as c:
         resp = c.post("/v1/chat/completions", json={"model": "auth-401", "messages": USER},
                       headers={"authorization": "Bearer client-key"})
         assert resp.status_code == 401

@@ -20,10 +20,10 @@ def free_port() -> int:
 class ServerThread:
     """uvicorn serving ``app`` in a thread; use as a context manager."""
 
-    def __init__(self, app: Any, port: int | None = None):
+    def __init__(self, app: Any, port: int | None = None, **options: Any):
         self.port = port or free_port()
         config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
-                                lifespan="on")
+                                lifespan="on", **options)  # options: more uvicorn.Config keywords
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
