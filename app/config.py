@@ -25,7 +25,8 @@ class Settings(Workspace):
     upstream_base_url: str = "http://127.0.0.1:8081/v1"
     upstream_api_key: SecretStr | None = None
     connect_timeout: float = Field(5.0, gt=0)
-    read_timeout: float = Field(60.0, gt=0)  # longest silence: before the answer, between chunks
+    # longest silence: before the answer (a CPU model on a long prompt), between chunks
+    read_timeout: float = Field(120.0, gt=0)
     write_timeout: float = Field(30.0, gt=0)
     pool_timeout: float = Field(10.0, gt=0)
     # the whole upstream call: a non-streaming answer (504 past it) or a whole stream (an SSE
