@@ -9,13 +9,12 @@ import logging
 import math
 import secrets
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import anyio.to_thread
-import orjson
 from limits import RateLimitItemPerMinute
 from limits.aio.storage import MemoryStorage, RedisStorage, Storage
 from limits.aio.strategies import FixedWindowRateLimiter
@@ -26,6 +25,7 @@ from app.auth import bearer_token
 from app.config import Settings
 from app.errors import GatewayError, RateLimited, Unauthorized, error_response
 from app.keys import CALLER, Caller, KeyStore, check_exposure, keys_configured
+from app.upstream import sse_events
 
 log = logging.getLogger("guide_align")
 
@@ -242,24 +242,13 @@ def answer_tokens(answer: dict[str, Any], prompt: int) -> int:
     return estimate_tokens(prompt + text)
 
 
-def _events(data: bytes) -> Iterator[dict[str, Any]]:
-    for line in data.split(b"\n"):
-        if line.startswith(b"data:") and line[5:].strip() not in (b"", b"[DONE]"):
-            try:
-                event = orjson.loads(line[5:])
-            except orjson.JSONDecodeError:
-                continue
-            if isinstance(event, dict):
-                yield event
-
-
 async def metered(stream: AsyncIterator[bytes], state: Any, prompt: int) -> AsyncIterator[bytes]:
     """Relay ``stream`` and record its tokens on ``state`` when it ends: the usage chunk's total
     if the upstream sends one, else an estimate from the prompt and the streamed text."""
     chars, usage = 0, None
     try:
         async for event in stream:
-            for data in _events(event):
+            for data in sse_events(event):
                 if isinstance(data.get("usage"), dict):
                     usage = data["usage"].get("total_tokens", usage)
                 for choice in data.get("choices") or ():

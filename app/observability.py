@@ -26,6 +26,7 @@ from app.backtrack import Report
 from app.logging_setup import request_id_var
 from app.metrics import Metrics
 from app.tracing import request_attributes, response_attributes, tracer_of
+from app.upstream import sse_events
 from guide.step import Guidance
 
 if TYPE_CHECKING:
@@ -279,14 +280,8 @@ async def observed_stream(request: Request, stream: AsyncIterator[bytes],
 
 
 def _stream_attributes(span: Span, event: bytes) -> None:
-    for line in event.split(b"\n"):
-        if line.startswith(b"data:") and line[5:].strip() != b"[DONE]":
-            try:
-                data = orjson.loads(line[5:])
-            except orjson.JSONDecodeError:
-                return
-            if isinstance(data, dict):
-                response_attributes(span, data)
+    for data in sse_events(event):
+        response_attributes(span, data)
 
 
 def record_backtrack(request: Request, report: Report) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, MutableMapping
 from typing import Any, TypeVar
 
 import anyio
@@ -259,6 +259,18 @@ def relayed_headers(resp: httpx.Response) -> dict[str, str]:
 def sse_error(message: str, type_: str = "upstream_error", code: str = "stream_error") -> bytes:
     """An OpenAI-style error sent as an SSE data event."""
     return b"data: " + orjson.dumps(error_body(message, type_, code=code)) + b"\n\n"
+
+
+def sse_events(data: bytes) -> Iterator[dict[str, Any]]:
+    """The JSON objects in the ``data:`` lines of relayed SSE bytes ([DONE] and junk skipped)."""
+    for line in data.split(b"\n"):
+        if line.startswith(b"data:") and line[5:].strip() not in (b"", b"[DONE]"):
+            try:
+                event = orjson.loads(line[5:])
+            except orjson.JSONDecodeError:
+                continue
+            if isinstance(event, dict):
+                yield event
 
 
 def _valid_event(event: bytes) -> bool:

@@ -18,10 +18,9 @@ from app.config import Settings
 from app.launcher import stop_process, wait_until_ready
 from app.main import create_app
 from app.metrics import MULTIPROC_ENV, Metrics, prepare_multiprocess_dir, set_library_info
-from guideline_lib.embedded import base_model_path
 from guideline_lib.io import save_library
 from retriever.search import DenseRetriever
-from tests.fakes.server import ServerThread, free_port
+from tests.fakes.server import ServerThread, free_port, serve_env
 from tests.fakes.upstream import make_upstream
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -223,14 +222,8 @@ def test_two_uvicorn_workers_expose_one_sum(tmp_path, small_lib):  # type: ignor
     save_library(small_lib, tmp_path / "lib")
     port, directory, log = free_port(), tmp_path / "mp", tmp_path / "serve.log"
     with ServerThread(make_upstream()) as upstream, open(log, "wb") as err:
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", MULTIPROC_ENV: str(directory),
-               "GUIDE_ALIGN_UPSTREAM_BASE_URL": f"{upstream.url}/v1",
-               "GUIDE_ALIGN_LIBRARY_PATH": str(tmp_path / "lib"),
-               "GUIDE_ALIGN_VAR_DIR": str(tmp_path / "var"),
-               "GUIDE_ALIGN_INDEX_PATH": str(tmp_path / "index"),
-               "GUIDE_ALIGN_ENCODER_PATH": str(base_model_path()),
-               "GUIDE_ALIGN_ENCODER_BACKEND": "torch", "GUIDE_ALIGN_MIN_SCORE": "0.2",
-               "GUIDE_ALIGN_RISK_GATE": "false", "GUIDE_ALIGN_LOG_LEVEL": "info"}
+        env = serve_env(tmp_path, upstream.url, risk_gate="false", log_level="info")
+        env[MULTIPROC_ENV] = str(directory)
         proc = subprocess.Popen([sys.executable, "-m", "cli.main", "serve", "--port", str(port),
                                  "--workers", "2"], cwd=ROOT, env=env, stdout=err,
                                 stderr=subprocess.STDOUT, start_new_session=True)

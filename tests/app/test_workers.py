@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,9 +11,8 @@ import psutil
 import pytest
 
 from app.launcher import stop_process, wait_until_ready
-from guideline_lib.embedded import base_model_path
 from guideline_lib.io import save_library
-from tests.fakes.server import ServerThread, free_port
+from tests.fakes.server import ServerThread, free_port, serve_env
 from tests.fakes.upstream import make_upstream
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -25,14 +23,7 @@ def test_two_workers_share_the_port_and_guide_requests(tmp_path, small_lib):  # 
     save_library(small_lib, tmp_path / "lib")
     port = free_port()
     with ServerThread(make_upstream()) as upstream:
-        env = {**os.environ, "HF_HUB_OFFLINE": "1",
-               "GUIDE_ALIGN_UPSTREAM_BASE_URL": f"{upstream.url}/v1",
-               "GUIDE_ALIGN_LIBRARY_PATH": str(tmp_path / "lib"),
-               "GUIDE_ALIGN_VAR_DIR": str(tmp_path / "var"),
-               "GUIDE_ALIGN_INDEX_PATH": str(tmp_path / "index"),
-               "GUIDE_ALIGN_ENCODER_PATH": str(base_model_path()),
-               "GUIDE_ALIGN_ENCODER_BACKEND": "torch", "GUIDE_ALIGN_MIN_SCORE": "0.2",
-               "GUIDE_ALIGN_LOG_LEVEL": "warning"}
+        env = serve_env(tmp_path, upstream.url, log_level="warning")
         proc = subprocess.Popen([sys.executable, "-m", "cli.main", "serve", "--port", str(port),
                                  "--workers", "2"], cwd=ROOT, env=env,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -15,6 +17,20 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def serve_env(tmp: Path, upstream_url: str, **settings: str) -> dict[str, str]:
+    """The environment of a `guide-align serve` child over the library saved at ``tmp/lib``:
+    artifacts under ``tmp``, the base encoder on torch, ``settings`` as more GUIDE_ALIGN_*."""
+    from guideline_lib.embedded import base_model_path
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1",
+           "GUIDE_ALIGN_UPSTREAM_BASE_URL": f"{upstream_url}/v1",
+           "GUIDE_ALIGN_LIBRARY_PATH": str(tmp / "lib"), "GUIDE_ALIGN_VAR_DIR": str(tmp / "var"),
+           "GUIDE_ALIGN_INDEX_PATH": str(tmp / "index"),
+           "GUIDE_ALIGN_ENCODER_PATH": str(base_model_path()),
+           "GUIDE_ALIGN_ENCODER_BACKEND": "torch", "GUIDE_ALIGN_MIN_SCORE": "0.2"}
+    return env | {f"GUIDE_ALIGN_{k.upper()}": v for k, v in settings.items()}
 
 
 class ServerThread:
