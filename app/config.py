@@ -106,9 +106,9 @@ class Settings(Workspace):
     reload_train: bool = False
     reload_grace: float = Field(300.0, ge=0.0)
 
-    # stream backtracking (docs/backtracking.md): the response judge is the critic. Off by
-    # default until the critic is good enough: bench/backtrack.py measures it retracting half of
-    # its benign streams while a quarter of its unsafe ones still leak.
+    # stream backtracking (docs/backtracking.md): the judge's stream critic is the critic. Off by
+    # default until it is good enough: bench/backtrack.py measures it retracting 33 % of its
+    # benign streams while 10 % of its unsafe ones still leak.
     backtrack: Literal["off", "monitor", "enforce"] = "off"
     # words held back from the client (chosen with bench/backtrack.py)
     backtrack_window: int = Field(16, ge=0, le=BACKTRACK_WINDOW_MAX)
@@ -125,11 +125,31 @@ class Settings(Workspace):
     # a conversation's block alike; unset, each process draws its own
     guide_secret: SecretStr | None = None
 
+    # query refinement (docs/refinement.md): off < retrieve < auto < rewrite. The refiner is any
+    # OpenAI-compatible endpoint; unset, the local one `guide-align up` starts on the refiner
+    # model under var_dir (refiner/current.gguf), if there is one
+    refine: Literal["off", "retrieve", "auto", "rewrite"] = "off"
+    refine_base_url: str | None = None
+    refine_model: str = "guide-align-refiner"
+    refine_api_key: SecretStr | None = None
+    refine_timeout: float = Field(5.0, gt=0)  # the whole refiner call; past it, the original
+    refine_max_tokens: int = Field(160, ge=1)
+    refine_risk_threshold: float = Field(0.5, ge=0.0, le=1.0)  # auto: rewrite at or above it
+
     @field_validator("upstream_base_url")
     @classmethod
     def _strip_slash(cls, v: str) -> str:
         if not v.startswith(("http://", "https://")):
             raise ValueError("upstream_base_url must start with http:// or https://")
+        return v.rstrip("/")
+
+    @field_validator("refine_base_url")
+    @classmethod
+    def _refiner_url(cls, v: str | None) -> str | None:
+        if v is None or not v.strip():
+            return None  # an empty variable means the local refiner
+        if not v.startswith(("http://", "https://")):
+            raise ValueError("refine_base_url must start with http:// or https://")
         return v.rstrip("/")
 
     @field_validator("cors_origins", mode="before")
@@ -153,6 +173,7 @@ class Settings(Workspace):
         return dataclasses.replace(super().policy(judge), backtrack=self.backtrack,
                                    backtrack_window=self.backtrack_window,
                                    backtrack_max_retractions=self.backtrack_max_retractions,
+                                   refine=self.refine,
                                    sign_key=secret.encode("utf-8") or PROCESS_KEY)
 
     def needs_judge(self) -> bool:

@@ -1,4 +1,5 @@
-"""The critic for stream backtracking: the response judge, batched across streams, off the loop.
+"""The critic for stream backtracking: the judge's stream critic (judge/critic.py; the response
+judge for a judge trained without one), batched across streams, off the loop.
 
 Every open stream asks for a verdict every few words; asked one by one, n streams would run n
 encoder calls. Requests that arrive while a batch runs are judged together in the next one, in
@@ -13,10 +14,14 @@ from typing import Any
 
 from guide.batching import BatchWorker
 from guide.judging import judge_batch
-from judge.model import LinearHeads, Verdict
+from guideline_lib.taxonomy import SAFETY_IDS
+from judge.model import LABELS, LinearHeads, Verdict
 from retriever.types import Retriever
 
 Ask = tuple[Sequence[dict[str, Any]], str]
+# answers the stream critic scores at least this unsafe also get the response judge's verdict,
+# for the categories a retraction names
+CATEGORY_FLOOR = 0.2
 
 
 class BatchingCritic(BatchWorker[Ask, Verdict]):
@@ -38,6 +43,11 @@ class BatchingCritic(BatchWorker[Ask, Verdict]):
 
     def _batch_sync(self, payloads: list[Ask]) -> list[Verdict]:
         start = time.perf_counter()
+        if self.judge_heads.critic is not None:
+            verdicts = self._critic_sync(payloads)
+            self.calls += 1
+            self.seconds += time.perf_counter() - start
+            return verdicts
         # Each answer is judged whole and by its latest ``segment`` words: an unsafe paragraph
         # after a long benign opening is diluted in the whole but plain in the segment.
         convs, answers, owner = [], [], []
@@ -57,3 +67,36 @@ class BatchingCritic(BatchWorker[Ask, Verdict]):
         self.calls += 1
         self.seconds += time.perf_counter() - start
         return [best[n] for n in range(len(payloads))]
+
+    def _critic_sync(self, payloads: list[Ask]) -> list[Verdict]:
+        """The stream critic's P(unsafe) (the more unsafe of the whole answer and its latest
+        ``segment`` words) with, where it is not low, the response judge's categories."""
+        critic = self.judge_heads.critic
+        assert critic is not None
+        texts, owner = [], []
+        for n, (_, answer) in enumerate(payloads):
+            words = answer.split()
+            texts.append(answer)
+            owner.append(n)
+            if self.segment and len(words) > self.segment:
+                texts.append(" ".join(words[-self.segment:]))
+                owner.append(n)
+        probs = critic.unsafe(self.retriever.encode([(t,) for t in texts]), texts)
+        unsafe = [0.0] * len(payloads)
+        for n, p in zip(owner, probs.tolist(), strict=True):
+            unsafe[n] = max(unsafe[n], p)
+        suspect = [n for n, p in enumerate(unsafe) if p >= CATEGORY_FLOOR]
+        judged = dict(zip(suspect, judge_batch(
+            [payloads[n][0] for n in suspect], [payloads[n][1] for n in suspect],
+            self.retriever, self.judge_heads), strict=True)) if suspect else {}
+        out = []
+        for n, p in enumerate(unsafe):
+            base = judged.get(n)
+            rest = {"refusal": 0.0, "useful": 1.0} if base is None else {
+                k: base.scores[k] for k in ("refusal", "useful")}
+            norm = sum(rest.values()) or 1.0
+            scores = {"unsafe": p} | {k: (1.0 - p) * v / norm for k, v in rest.items()}
+            label = max(LABELS, key=lambda k: scores[k])
+            out.append(Verdict(label, scores, dict.fromkeys(SAFETY_IDS, 0.0) if base is None
+                               else base.categories))
+        return out

@@ -29,7 +29,7 @@ PREFIX = "ga-"
 VISIBLE = 10  # characters of a key shown in listings ("ga-" and 7 more)
 
 Backtrack = Literal["off", "monitor", "enforce"]
-Refine = Literal["off", "retrieve", "rewrite"]
+Refine = Literal["off", "retrieve", "auto", "rewrite"]
 
 
 class UnknownKey(LookupError):
@@ -47,8 +47,7 @@ class KeyPolicy:
     k: int | None = None
     risk_threshold: float | None = None
     backtrack: Backtrack | None = None
-    # the refinement stage's mode (off < retrieve < rewrite); stored and carried to the request
-    # for that stage, which is not built yet
+    # the refinement stage's mode (off < retrieve < auto < rewrite; app/refiner.py)
     refine: Refine | None = None
     models: tuple[str, ...] = ()
     allow_loosen: bool | None = None
@@ -70,7 +69,7 @@ class KeyPolicy:
     def over(self, base: Policy) -> Policy:
         """The deployment policy ``base`` with this key's values in place (either way)."""
         options = GuideOptions(k=self.k, risk_threshold=self.risk_threshold,
-                               backtrack=self.backtrack)
+                               backtrack=self.backtrack, refine=self.refine)
         return apply_options(base, options, allow_loosen=True).policy
 
     def allows(self, model: str | None) -> bool:

@@ -21,6 +21,7 @@ from app.limits import GatewayGuard, close_limits, open_limits
 from app.metrics import MULTIPROC_ENV, Metrics, upstream_transport
 from app.observability import ObservabilityMiddleware
 from app.observability import router as metrics_router
+from app.refiner import Refiner
 from app.reload import PinGeneration, install, open_generation, shutdown, watching
 from app.reload import router as reload_router
 from app.routes import router
@@ -72,6 +73,7 @@ def create_app(
                 as client:
             app.state.settings = settings
             app.state.upstream = Upstream(client, settings)
+            app.state.refiner = Refiner.from_settings(settings)  # None: unavailable
             install(app, generation)  # app/reload.py swaps it on a reload
             log.info("guide-align ready: %d guidelines, risk gate %s, upstream %s",
                      generation.retriever.size, "off" if generation.policy.risk_threshold is None
@@ -82,6 +84,8 @@ def create_app(
                     yield
             finally:
                 await shutdown(app)
+                if app.state.refiner is not None:
+                    await app.state.refiner.aclose()
                 close_limits(app)
                 if tracing is not None:
                     tracing.shutdown()  # flushes the spans still batched
@@ -105,6 +109,6 @@ def create_app(
                            allow_methods=["GET", "POST"], allow_headers=["*"],
                            expose_headers=["x-guide-align-guidelines", "x-guide-align-categories",
                                            "x-guide-align-ignored", "x-guide-align-backtrack",
-                                           "retry-after"], max_age=600)
+                                           "x-guide-align-refine", "retry-after"], max_age=600)
     app.add_middleware(ObservabilityMiddleware)  # outermost: request id, timing, metrics, logs
     return app

@@ -41,6 +41,8 @@ from app.protocol import (
     ModerationRequest,
     SearchRequest,
 )
+from app.refiner import Refinement, refine_request
+from app.refiner import record as record_refinement
 from app.reload import current
 from app.requests import check_generation, check_messages, json_body, parse, read_json
 from app.training import artifacts_mode
@@ -92,13 +94,17 @@ async def chat_completions(request: Request) -> Response:
     caller_of(request.state).check_model(parsed.model)
     applied = _applied(request, parsed.guide_align)
     annotate(request, model=parsed.model, prompt=latest_user_text(data["messages"]))
-    guidance = await observe_guide(request, guider.guide(data["messages"], applied))
+    refinement = await _refine(request, data, applied)  # docs/refinement.md
+    guidance = await observe_guide(request, guider.guide(
+        refinement.upstream, applied, query=refinement.retrieval))
     body = {k: v for k, v in data.items() if k != "guide_align"}
     body["messages"] = guidance.messages
     if "stream" in body:
         body["stream"] = bool(parsed.stream)  # null (or a lax "true") as the upstream expects
     auth = caller_of(request.state).upstream_auth(settings, request.headers)
     headers = guidance_headers(guidance)
+    if refinement.mode != "off":
+        headers["x-guide-align-refine"] = refinement.header()
     state, config = _backtrack(request, applied, body)
     headers["x-guide-align-backtrack"] = state
     critic: BatchingCritic | None = current(request).critic
@@ -115,6 +121,8 @@ async def chat_completions(request: Request) -> Response:
                                          upstream.chat(body, auth=auth, headers_out=relayed)))
         charge_answer(request.state, answer, guidance.messages)
         field = guidance.body_field()
+        if refinement.mode != "off":
+            field["refine"] = refinement.body_field()
         if config is not None and critic is not None:
             report = await until_disconnected(request.receive, guard_answer(
                 answer, conversation=data["messages"], guided=guidance.messages,
@@ -155,6 +163,25 @@ async def chat_completions(request: Request) -> Response:
     except BaseException:
         await resp.aclose()  # otherwise the pooled connection is never given back
         raise
+
+
+async def _refine(request: Request, data: dict[str, Any], applied: Applied) -> Refinement:
+    """The refinement stage for a chat request, counted in the metrics."""
+    settings, _, guider = _state(request)
+
+    async def risk(conversation: Sequence[dict[str, Any]]) -> float | None:
+        judge = guider.judge
+        if judge is None:  # auto without a judge: as retrieve
+            return None
+        return (await anyio.to_thread.run_sync(lambda: assess_batch(
+            [conversation], guider.retriever, judge, window=settings.window)))[0].score
+
+    refinement = await refine_request(
+        data["messages"], applied.policy.refine, getattr(request.app.state, "refiner", None),
+        body=data, risk=risk, risk_threshold=settings.refine_risk_threshold,
+        log_texts=settings.log_prompts)
+    record_refinement(getattr(request.app.state, "metrics", None), refinement)
+    return refinement
 
 
 def _backtrack(request: Request, applied: Applied, body: dict[str, Any]

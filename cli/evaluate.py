@@ -18,6 +18,7 @@ from typing import Annotated, Any
 import typer
 
 from cli.common import console, fail
+from cli.engine import BatchSizeOpt, EngineOpt, RayAddressOpt, WorkersOpt, check_engine, ray_config
 
 Opt = typer.Option
 GATEWAY = "gateway"
@@ -204,6 +205,10 @@ def eval_command(
                                        "OUT/report); .json .md .html .png are written")] = None,
     title: Annotated[str | None, Opt(help="Title of the report")] = None,
     plots: Annotated[bool, Opt(help="Draw the plots (needs matplotlib)")] = True,
+    engine: EngineOpt = "local",
+    ray_address: RayAddressOpt = None,
+    workers: WorkersOpt = 2,
+    batch_size: BatchSizeOpt = 16,
 ) -> None:
     """Ask a target directly and through gateway variants, grade the answers, report."""
     from evaluation.harness import CallPolicy, RunMismatch, Sampling, read_prompts
@@ -220,6 +225,8 @@ def eval_command(
         raise fail("--grader must be judge, llm or both")
     if grader != "judge" and not (judge_url and judge_model):
         raise fail(f"--grader {grader} needs --judge-url and --judge-model")
+    rc = ray_config(address=ray_address, workers=workers, batch_size=batch_size,
+                    progress=True) if check_engine(engine) == "ray" else None
     try:
         if regrade:
             read_prompts(out)  # an eval run directory, before the graders load
@@ -239,8 +246,16 @@ def eval_command(
             with contextlib.ExitStack() as stack:
                 variants = _variants(target, api_key, pairs, options, out, stack)
                 console.print(f"{len(prompts)} prompts x {len(variants)} variants -> {out}")
-                results = evaluate(prompts, variants, out, graders, policy=policy,
-                                   sampling=Sampling(model, temperature, max_tokens))
+                sampling = Sampling(model, temperature, max_tokens)
+                if rc is not None:
+                    from scale.evaluate import collect_answers_ray
+
+                    collected = collect_answers_ray(prompts, variants, out, sampling=sampling,
+                                                    policy=policy, ray_config=rc)
+                    results = grade_and_measure(out, graders, collected=collected)
+                else:
+                    results = evaluate(prompts, variants, out, graders, policy=policy,
+                                       sampling=sampling)
     except (SetError, RunMismatch) as exc:
         raise fail(str(exc)) from None
     except LLMUnreachable as exc:

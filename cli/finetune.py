@@ -12,6 +12,7 @@ from rich.table import Table
 
 from cli.common import console, settings
 from cli.common import fail as _fail
+from cli.engine import BatchSizeOpt, EngineOpt, RayAddressOpt, WorkersOpt, check_engine, ray_config
 from cli.retriever import parse_margin
 from guideline_lib.io import default_library_path
 from guideline_lib.llm import LLMConfig
@@ -31,8 +32,8 @@ def _default_base() -> Path:
 
 @app.command()
 def generate(
-    inputs: Annotated[list[Path], typer.Argument(help="JSONL / JSON / CSV / text files or "
-                                                 "dataset directories")],
+    inputs: Annotated[list[str], typer.Argument(help="JSONL / JSON / CSV / text files or "
+                                                "dataset directories")],
     run: Annotated[Path, Opt("-o", "--output", help="Run directory (journal, cache, run.json)")],
     text_field: Annotated[str, Opt(help="Field / column holding the input text")] = "text",
     max_chars: Annotated[int, Opt(help="Longer inputs are skipped")] = 8000,
@@ -64,6 +65,10 @@ def generate(
     cache: Annotated[bool, Opt(help="Cache LLM answers by request")] = True,
     retry_failed: Annotated[bool, Opt(help="Redo inputs that failed last time")] = False,
     progress: Annotated[bool, Opt(help="Show a progress bar")] = True,
+    engine: EngineOpt = "local",
+    ray_address: RayAddressOpt = None,
+    workers: WorkersOpt = 2,
+    batch_size: BatchSizeOpt = 16,
 ) -> None:
     """Guided answers for inputs through the gateway's own guide step; resumable."""
     from finetune.generate import GenerateConfig, generate_run
@@ -75,15 +80,19 @@ def generate(
     from retriever.encoder import EncoderError
     from retriever.index import IndexLoadError
 
-    try:
-        items, read = read_inputs(inputs, text_field=text_field, max_chars=max_chars)
-    except InputError as exc:
-        raise _fail(str(exc)) from None
-    console.print(read.summary())
-    for note in read.notes:
-        console.print(f"  [yellow]{note}[/yellow]")
-    if not items:
-        raise _fail("no usable inputs", 1)
+    on_ray = check_engine(engine) == "ray"
+    items: list[Any] = []
+    if not on_ray:
+        try:
+            items, read = read_inputs([Path(p) for p in inputs], text_field=text_field,
+                                      max_chars=max_chars)
+        except InputError as exc:
+            raise _fail(str(exc)) from None
+        console.print(read.summary())
+        for note in read.notes:
+            console.print(f"  [yellow]{note}[/yellow]")
+        if not items:
+            raise _fail("no usable inputs", 1)
     explicit = {"safety_margin": parse_margin(safety_margin)} if safety_margin else {}
     ws = settings(library_path=library, index_path=index, encoder_path=encoder,
                   encoder_backend=encoder_backend, k=k, min_score=min_score,
@@ -102,12 +111,22 @@ def generate(
                     concurrency=concurrency)
     config = GenerateConfig(policy=ws.policy(judge), system=system, retry_failed=retry_failed)
     try:
-        result = generate_run(items, run, retriever=retriever, encoder_info=enc_info, llm=llm,
-                              config=config, inputs=[str(p) for p in inputs],
-                              read={"rows": read.read, "kept": read.kept,
-                                    "skipped": read.skipped},
-                              cache=cache, judge=judge, show_progress=progress)
-    except RunError as exc:
+        if on_ray:
+            from scale.generate import generate_run_ray
+
+            rc = ray_config(address=ray_address, workers=workers, batch_size=batch_size,
+                            progress=progress)
+            result = generate_run_ray(inputs, run, workspace=ws, retriever=retriever,
+                                      encoder_info=enc_info, llm=llm, config=config,
+                                      ray_config=rc, judge=judge, text_field=text_field,
+                                      max_chars=max_chars)
+        else:
+            result = generate_run(items, run, retriever=retriever, encoder_info=enc_info,
+                                  llm=llm, config=config, inputs=[str(p) for p in inputs],
+                                  read={"rows": read.read, "kept": read.kept,
+                                        "skipped": read.skipped},
+                                  cache=cache, judge=judge, show_progress=progress)
+    except (RunError, InputError) as exc:
         raise _fail(str(exc)) from None
     except RunStopped as exc:
         raise _fail(str(exc), exc.exit_code) from None

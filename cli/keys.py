@@ -26,7 +26,7 @@ def create(
     k: Annotated[int | None, Opt(help="Guidelines injected (default: the deployment's)")] = None,
     risk_threshold: Annotated[float | None, Opt(help="Risk-gate threshold")] = None,
     backtrack: Annotated[str | None, Opt(help="off, monitor or enforce")] = None,
-    refine: Annotated[str | None, Opt(help="off, retrieve or rewrite")] = None,
+    refine: Annotated[str | None, Opt(help="off, retrieve, auto or rewrite")] = None,
     model: Annotated[list[str] | None, Opt("--model", help="An upstream model this key may "
                                            "use (repeat; none: all)")] = None,
     allow_loosen: Annotated[bool | None, Opt("--allow-loosen/--no-allow-loosen",
@@ -37,7 +37,7 @@ def create(
 ) -> None:
     """Create a key and print it once: only its hash is stored."""
     for value, allowed, option in ((backtrack, ("off", "monitor", "enforce"), "--backtrack"),
-                                   (refine, ("off", "retrieve", "rewrite"), "--refine")):
+                                   (refine, ("off", "retrieve", "auto", "rewrite"), "--refine")):
         if value is not None and value not in allowed:
             raise fail(f"{option} must be one of {', '.join(allowed)}")
     try:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
 from cli.common import console, fail
+from cli.engine import BatchSizeOpt, EngineOpt, RayAddressOpt, WorkersOpt, check_engine, ray_config
 from guideline_lib.augment import AugmentConfig
 from guideline_lib.batch import RunStopped
 from guideline_lib.build import BuildConfig, CallPlan, plan_calls
@@ -143,8 +144,8 @@ def _print_plan(plan: CallPlan) -> None:
 
 @app.command()
 def build(
-    inputs: Annotated[list[Path], typer.Argument(help="JSONL / JSON / CSV / text files or "
-                                                 "dataset directories (datasets.save_to_disk)")],
+    inputs: Annotated[list[str], typer.Argument(help="JSONL / JSON / CSV / text files or "
+                                                "dataset directories (datasets.save_to_disk)")],
     output: Annotated[Path, Opt("-o", "--output", help="Library directory to write")],
     text_field: Annotated[str, Opt(help="Field / column holding the input text")] = "text",
     extend: Annotated[Path | None, Opt(help="Existing library to extend")] = None,
@@ -170,12 +171,20 @@ def build(
     embed: Annotated[bool, Opt(help="Merge near-duplicates by MiniLM cosine too")] = True,
     encoder: Annotated[Path | None, Opt(help="Sentence encoder for merging")] = None,
     progress: Annotated[bool, Opt(help="Show progress bars")] = True,
+    engine: EngineOpt = "local",
+    ray_address: RayAddressOpt = None,
+    workers: WorkersOpt = 2,
+    batch_size: BatchSizeOpt = 16,
 ) -> None:
     """Build (or extend) a guideline library from inputs with an LLM; resumable."""
     if categorise_mode not in ("detect", "llm"):
         raise fail("--categorise must be 'detect' or 'llm'")
+    if check_engine(engine) == "ray":
+        _build_on_ray(**locals())
+        return
     try:
-        items, read = read_inputs(inputs, text_field=text_field, max_chars=max_chars)
+        items, read = read_inputs([Path(p) for p in inputs], text_field=text_field,
+                                  max_chars=max_chars)
         base = load_library(extend) if extend else None
     except (InputError, LibraryError) as exc:
         raise fail(str(exc)) from None
@@ -213,3 +222,41 @@ def build(
                          f"(journal: {result.journal})"))
     if st.failed:
         console.print("rerun with --retry-failed to try the failed inputs again")
+
+
+def _build_on_ray(**opts: Any) -> None:
+    """`build --engine ray`: the same options, inputs read by Ray Data, records as shards."""
+    from scale.build import build_library_ray
+    from scale.ray_engine import RayRunError
+
+    if opts["augment"] or opts["dry_run"]:
+        raise fail("--augment and --dry-run run on the local engine only")
+    try:
+        base = load_library(opts["extend"]) if opts["extend"] else None
+    except LibraryError as exc:
+        raise fail(str(exc)) from None
+    llm = LLMConfig(base_url=opts["base_url"], model=opts["model"], api_key=opts["api_key"],
+                    temperature=opts["temperature"], max_tokens=opts["max_tokens"],
+                    timeout=opts["timeout"], max_retries=opts["retries"],
+                    concurrency=opts["concurrency"])
+    config = BuildConfig(categorise=CategoriseConfig(mode=opts["categorise_mode"]),
+                         dedup=DedupConfig(), retry_failed=opts["retry_failed"])
+    rc = ray_config(address=opts["ray_address"], workers=opts["workers"],
+                    batch_size=opts["batch_size"], progress=opts["progress"])
+    try:
+        result = build_library_ray(
+            [str(p) for p in opts["inputs"]], opts["output"], llm=llm, config=config,
+            ray_config=rc, text_field=opts["text_field"], max_chars=opts["max_chars"],
+            base=base, encoder=merge_encoder(opts["encoder"]) if opts["embed"] else None,
+            name=opts["name"], version=opts["version"], work_dir=opts["work_dir"])
+    except RunStopped as exc:
+        raise fail(str(exc), exc.exit_code) from None
+    except (RayRunError, InputError) as exc:
+        raise fail(str(exc)) from None
+    st, calls = result.stats, result.calls
+    console.print(
+        f"inputs: {len(result.run.items)}, {st.ok} ok, {st.failed} failed; guidelines: "
+        f"{st.new_guidelines} new, {st.merged} merged; LLM: {calls.requests} requests, "
+        f"{calls.retries} retries")
+    console.print(escape(f"wrote {opts['output']}: {result.library.manifest.counts} "
+                         f"(shards: {result.journal})"))

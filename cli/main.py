@@ -16,6 +16,8 @@ from cli.judge import app as judge_app
 from cli.keys import app as keys_app
 from cli.library import app as library_app
 from cli.output import Stages, announce_when_listening, first_request, quiet_third_party
+from cli.redteam import app as redteam_app
+from cli.refine import app as refine_app
 from cli.retriever import app as retriever_app
 from guide.quickstart import quick_workspace
 
@@ -26,6 +28,8 @@ app.add_typer(retriever_app, name="retriever")
 app.add_typer(judge_app, name="judge")
 app.add_typer(finetune_app, name="finetune")
 app.add_typer(keys_app, name="keys")
+app.add_typer(redteam_app, name="redteam")
+app.add_typer(refine_app, name="refine")
 app.command(name="eval")(eval_command)
 
 
@@ -129,6 +133,8 @@ def prepare(
 @app.command()
 def up(
     llm_port: Annotated[int, typer.Option(help="Port of the local llama.cpp server")] = 8081,
+    refine_port: Annotated[int, typer.Option(help="Port of the local refiner (started when "
+                                             "refinement is on without REFINE_BASE_URL)")] = 8083,
     port: Annotated[int, typer.Option(help="Gateway port")] = 8000,
     train: Annotated[bool, typer.Option(help="Train the retriever on first start")] = True,
     workers: Annotated[int | None, typer.Option(min=1, help="Gateway processes")] = None,
@@ -161,6 +167,7 @@ def up(
         proc = start_llama_server(smollm2_path(), port=llm_port, log_file=log_file)
     except LaunchError as exc:
         raise fail(str(exc)) from None
+    refiner, ws = _start_refiner(ws, refine_port)
     try:
         served = quick_workspace(ws) if quick else ws
         _prepare(served, train=train, quick=quick)
@@ -170,6 +177,8 @@ def up(
             console.print(f"llama.cpp answered a warm-up request in {seconds:.1f}s")
         except LaunchError as exc:  # the gateway still starts; /readyz tells the truth
             console.print(f"[yellow]warning:[/yellow] {exc}")
+        if refiner is not None:
+            _wait_for_refiner(refiner, ws)
         banner = first_request("127.0.0.1", port) + (
             "\n  GET /readyz says which artifacts serve; training log: "
             f"{ws.var_dir / 'prepare.log'}" if quick else "")
@@ -177,6 +186,38 @@ def up(
     finally:
         console.print("stopping llama.cpp server")
         stop_process(proc)
+        if refiner is not None:
+            stop_process(refiner)
+
+
+def _start_refiner(ws: Settings, port: int) -> tuple[Any, Settings]:
+    """The local refiner's llama.cpp server when `up` needs one (docs/refinement.md), and the
+    settings with refine_base_url pointing at it."""
+    from app.refiner import local_url, start_local_refiner
+
+    log_file = ws.var_dir / "refiner-server.log"
+    proc = start_local_refiner(ws, port=port, log_file=log_file)
+    if proc is None:
+        return None, ws
+    os.environ["GUIDE_ALIGN_REFINE_BASE_URL"] = local_url(port)  # for the workers
+    console.print(f"starting the refiner's llama.cpp server on 127.0.0.1:{port} "
+                  f"(log: {log_file})", highlight=False)
+    return proc, ws.model_copy(update={"refine_base_url": local_url(port)})
+
+
+def _wait_for_refiner(proc: Any, ws: Settings) -> None:
+    """Wait for the local refiner's first answer; the gateway starts either way (requests use
+    the original prompt while the refiner does not answer)."""
+    from app.launcher import LaunchError, wait_until_ready, warm_up
+
+    url = str(ws.refine_base_url)
+    try:
+        wait_until_ready(f"{url}/models", timeout=120, proc=proc)
+        seconds = warm_up(url, model=ws.refine_model, timeout=120)
+        console.print(f"the refiner answered a warm-up request in {seconds:.1f}s")
+    except LaunchError as exc:
+        console.print(f"[yellow]warning:[/yellow] refiner: {exc}; requests keep their original "
+                      "prompt until it answers", highlight=False)
 
 
 def _start_mode(ws: Settings, *, quick: bool | None, train: bool) -> bool:

@@ -57,26 +57,34 @@ def index(
     library: Annotated[Path | None, Opt(help="Library directory")] = None,
     encoder: Annotated[Path | None, Opt(help="Encoder (default: the trained one)")] = None,
     output: Annotated[Path | None, Opt("-o", "--output", help="Index directory")] = None,
-    kind: Annotated[str, Opt(help="flat | hnsw | ivfpq")] = "flat",
+    kind: Annotated[str, Opt(help="auto | flat | hnsw | ivfflat | ivfsq8 | ivfpq (auto: exact "
+                                  "up to 20,000 guidelines, IVF-Flat above)")] = "flat",
     backend: Annotated[str | None, Opt(help=BACKEND_HELP)] = None,
     ef_search: Annotated[int | None, Opt(help="HNSW: search breadth")] = None,
     ef_construction: Annotated[int | None, Opt(help="HNSW: build breadth")] = None,
     nprobe: Annotated[int | None, Opt(help="IVF: lists visited per query")] = None,
+    refine_k: Annotated[int, Opt(help="IVF-PQ: re-rank refine_k x k candidates on the full "
+                                      "vectors (0: off)")] = 0,
+    shards: Annotated[int, Opt(help="Index files split by row range (search merges them)")] = 1,
 ) -> None:
     """Embed the library and write a FAISS index with its manifest (rebuilt even if current)."""
     from retriever.encoder import EncoderError
     from retriever.index import IndexConfig
     from retriever.prepare import prepare_retriever
 
-    if kind not in ("flat", "hnsw", "ivfpq"):
-        raise typer.BadParameter("--kind: flat, hnsw or ivfpq")
+    kinds = ("auto", "flat", "hnsw", "ivfflat", "ivfsq8", "ivfpq")
+    if kind not in kinds:
+        raise typer.BadParameter(f"--kind: one of {', '.join(kinds)}")
+    if refine_k < 0 or shards < 1:
+        raise typer.BadParameter("--refine-k must be >= 0 and --shards >= 1")
     ws = settings(library_path=library, encoder_path=encoder, index_path=output,
                   encoder_backend=backend)
     default = IndexConfig()
     config = IndexConfig(kind=kind,  # type: ignore[arg-type]
                          hnsw_ef_search=ef_search or default.hnsw_ef_search,
                          hnsw_ef_construction=ef_construction or default.hnsw_ef_construction,
-                         ivf_nprobe=nprobe or default.ivf_nprobe)
+                         ivf_nprobe=nprobe or default.ivf_nprobe, refine_k=refine_k,
+                         shards=shards)
     try:
         done = prepare_retriever(ws.retriever_paths(), backend=ws.encoder_backend, train=False,
                                  index_config=config, rebuild_index=True, log=console.print)

@@ -25,6 +25,7 @@ from guideline_lib.io import atomic_write_text
 from guideline_lib.journal import Journal
 from guideline_lib.llm import LLMClient, LLMConfig, LLMError, LLMUnreachable, public_url
 from guideline_lib.schema import utc_now
+from guideline_lib.shards import SHARDS, ShardStore, merge_records
 
 RUN_MANIFEST = "run.json"
 PROMPTS = "prompts.jsonl"
@@ -157,8 +158,9 @@ def read_prompts(run_dir: Path) -> list[Prompt]:
 
 
 def read_answers(run_dir: Path) -> dict[str, dict[str, Any]]:
-    """The latest answer record of each (variant, prompt) key."""
-    return {r["key"]: r for r in Journal(run_dir / ANSWERS).records()}
+    """The latest answer record of each (variant, prompt) key (journal and Ray shards)."""
+    return {r["key"]: r for r in merge_records(Journal(run_dir / ANSWERS).records(),
+                                               ShardStore(run_dir / SHARDS).records())}
 
 
 class _Asker:

@@ -1,5 +1,6 @@
 """Backtracking-aware SFT data: a safe answer with an unsafe span injected mid-way, then the
-backtrack marker naming how many words to take back, then the rest of the safe answer.
+backtrack marker naming how many words to take back, then the rest of the safe answer
+(``...the router. <span> [[backtrack 9]]Change the default...``).
 
 The assistant message carries ``masked``: ``[[start, end]]`` character offsets of the injected
 span in its content. Training gives those tokens no loss, so the model learns to emit the
@@ -18,7 +19,7 @@ from typing import Any
 
 from finetune.export import SFTExample
 from guide.backtrack import DEFAULT_MARKER, Marker
-from judge.data import load_families
+from judge.data import Family, load_families
 
 MIN_ANSWER_WORDS = 12
 
@@ -29,14 +30,18 @@ class BacktrackData:
 
     share: float = 0.5  # of the examples long enough to take one
     marker: str = DEFAULT_MARKER
-    max_span_words: int = 30
+    # The gateway can take back only words it still holds: a span longer than its window
+    # (backtrack_window, default 16) may have reached the client before the marker arrives.
+    max_span_words: int = 16
     seed: int = 13
 
 
-def unsafe_spans(*, max_words: int = 30) -> list[str]:
-    """The first sentences (up to ``max_words`` words) of every unsafe seed answer."""
+def unsafe_spans(*, max_words: int = 16, families: Sequence[Family] | None = None
+                 ) -> list[str]:
+    """The first sentences (up to ``max_words`` words) of every unsafe seed answer (of
+    ``families``, default all)."""
     spans = []
-    for fam in load_families():
+    for fam in load_families() if families is None else families:
         for answer in fam.answers:
             if answer.get("label") != "unsafe":
                 continue
@@ -59,7 +64,9 @@ def inject(answer: str, span: str, marker: Marker, rng: random.Random
     cut = starts[rng.randrange(len(starts) // 4, max(len(starts) // 4 + 1,
                                                        3 * len(starts) // 4))]
     prefix, rest = answer[:cut], answer[cut:]
-    text = f"{prefix}{span} {marker.render(len(span.split()))} {rest}"
+    # No space after the marker: the rest starts where the taken-back words started, so a
+    # stream the gateway cuts while the rest is still to come keeps single spaces.
+    text = f"{prefix}{span} {marker.render(len(span.split()))}{rest}"
     return text, (len(prefix), len(prefix) + len(span))
 
 

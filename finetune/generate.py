@@ -74,6 +74,46 @@ def client_messages(item: InputItem, *, system: str | None) -> list[dict[str, An
     return messages
 
 
+def guided_record(item: InputItem, *, retriever: DenseRetriever, config: GenerateConfig,
+                  judge: LinearHeads | None = None) -> dict[str, Any]:
+    """The first half of ``item``'s record: the conversation, its guidelines and what is sent."""
+    messages = client_messages(item, system=config.system)
+    guidance = guide(messages, retriever, config.policy, judge=judge)  # the gateway's step
+    hits = guidance.hits
+    return {
+        "input": item.text,
+        "source": f"{item.source}:{item.line}",
+        "messages": messages,
+        "guideline_ids": [h.id for h in hits],
+        "guidelines": [{"id": h.id, "category": h.category, "kind": h.kind,
+                        "score": round(h.score, 4)} for h in hits],
+        "sent": guidance.messages,
+    }
+
+
+async def answer_record(record: dict[str, Any], *, client: LLMClient, started: float,
+                        retrieval_s: float) -> dict[str, Any]:
+    """The whole record: ``record`` (from ``guided_record``) with the LLM's answer to it."""
+    try:
+        answer = await client.chat(record["sent"])
+    except LLMUnreachable:
+        raise  # fatal: nothing is recorded, a rerun does this input again
+    except LLMError as exc:
+        return {**record, "status": "failed", "error": str(exc), "http_status": exc.status}
+    return {
+        **record,
+        "answer": answer.text,
+        "model": answer.model or client.config.model,
+        "finish_reason": answer.finish_reason,
+        "usage": answer.usage,
+        "cached": answer.cached,
+        "timings": {"retrieval_s": round(retrieval_s, 4),
+                    "llm_s": round(answer.latency_s, 4),
+                    "total_s": round(time.monotonic() - started, 4)},
+        "finished": utc_now(),
+    }
+
+
 class GuidedAnswerer:
     """Retrieves, injects and asks for one input at a time; safe to share between lanes."""
 
@@ -89,39 +129,11 @@ class GuidedAnswerer:
     async def __call__(self, item: InputItem) -> dict[str, Any]:
         """The journal record for ``item``: what was sent, what came back, and timings."""
         started = time.monotonic()
-        messages = client_messages(item, system=self.config.system)
-        async with self._search_lock:  # the gateway's guide step, word for word
-            guidance = await asyncio.to_thread(guide, messages, self.retriever,
-                                               self.config.policy, judge=self.judge)
-        retrieval_s = time.monotonic() - started
-        hits, sent = guidance.hits, guidance.messages
-        record: dict[str, Any] = {
-            "input": item.text,
-            "source": f"{item.source}:{item.line}",
-            "messages": messages,
-            "guideline_ids": [h.id for h in hits],
-            "guidelines": [{"id": h.id, "category": h.category, "kind": h.kind,
-                            "score": round(h.score, 4)} for h in hits],
-            "sent": sent,
-        }
-        try:
-            answer = await self.client.chat(sent)
-        except LLMUnreachable:
-            raise  # fatal: nothing is recorded, a rerun does this input again
-        except LLMError as exc:
-            return {**record, "status": "failed", "error": str(exc), "http_status": exc.status}
-        return {
-            **record,
-            "answer": answer.text,
-            "model": answer.model or self.client.config.model,
-            "finish_reason": answer.finish_reason,
-            "usage": answer.usage,
-            "cached": answer.cached,
-            "timings": {"retrieval_s": round(retrieval_s, 4),
-                        "llm_s": round(answer.latency_s, 4),
-                        "total_s": round(time.monotonic() - started, 4)},
-            "finished": utc_now(),
-        }
+        async with self._search_lock:
+            record = await asyncio.to_thread(guided_record, item, retriever=self.retriever,
+                                             config=self.config, judge=self.judge)
+        return await answer_record(record, client=self.client, started=started,
+                                   retrieval_s=time.monotonic() - started)
 
 
 async def generate_answers(

@@ -19,6 +19,7 @@ from finetune.export import (
 )
 from guideline_lib.io import atomic_directory, atomic_write_text
 from guideline_lib.journal import Journal
+from guideline_lib.shards import SHARDS, ShardStore, merge_records
 
 RUN_MANIFEST = "run.json"
 JOURNAL = "journal.jsonl"
@@ -94,9 +95,10 @@ def open_journal(run: Path) -> Journal:
 def read_run(run: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """A finished (or partial) run: its manifest and the latest record of each input."""
     manifest = read_run_manifest(run)
-    if manifest is None or not (run / JOURNAL).is_file():
+    shards = ShardStore(run / SHARDS)  # written by `finetune generate --engine ray`
+    if manifest is None or not ((run / JOURNAL).is_file() or shards.shards()):
         raise RunError(f"{run}: not a generate run directory (no {RUN_MANIFEST} / {JOURNAL})")
-    return manifest, list(Journal(run / JOURNAL).records())
+    return manifest, merge_records(Journal(run / JOURNAL).records(), shards.records())
 
 
 def _jsonl(rows: list[dict[str, Any]]) -> str:

@@ -92,7 +92,11 @@ class BatchWorker(Generic[T, R]):
                     item.future.set_result(result)
 
 
-class BatchingGuide(BatchWorker[tuple[Sequence[dict[str, Any]], Applied], Guidance]):
+# A conversation, its applied policy, and the conversation viewed for retrieval (None: itself).
+_Payload = tuple[Sequence[dict[str, Any]], Applied, Sequence[dict[str, Any]] | None]
+
+
+class BatchingGuide(BatchWorker[_Payload, Guidance]):
     """The guide step for an event loop: concurrent requests share one encoder call.
 
     Encoding dominates the cost; under concurrency one batch of n conversations is far cheaper
@@ -105,16 +109,17 @@ class BatchingGuide(BatchWorker[tuple[Sequence[dict[str, Any]], Applied], Guidan
         self.retriever = retriever
         self.judge = judge
 
-    async def guide(self, messages: Sequence[dict[str, Any]], applied: Applied) -> Guidance:
-        """Guidance for one conversation under an applied policy."""
-        return await self.submit((messages, applied))
+    async def guide(self, messages: Sequence[dict[str, Any]], applied: Applied, *,
+                    query: Sequence[dict[str, Any]] | None = None) -> Guidance:
+        """Guidance for one conversation under an applied policy (``query``: the conversation
+        viewed for retrieval and risk instead, see ``guide_batch``)."""
+        return await self.submit((messages, applied, query))
 
-    def _batch_sync(self, payloads: list[tuple[Sequence[dict[str, Any]], Applied]]
-                    ) -> list[Guidance]:
+    def _batch_sync(self, payloads: list[_Payload]) -> list[Guidance]:
         return self._guide_sync(payloads)
 
-    def _guide_sync(self, items: Sequence[tuple[Sequence[dict[str, Any]], Applied]]
-                    ) -> list[Guidance]:
-        return guide_batch([m for m, _ in items], self.retriever,
-                           [a.policy for _, a in items], judge=self.judge,
-                           ignored=[a.ignored for _, a in items])
+    def _guide_sync(self, items: Sequence[_Payload]) -> list[Guidance]:
+        return guide_batch([m for m, _, _ in items], self.retriever,
+                           [a.policy for _, a, _ in items], judge=self.judge,
+                           ignored=[a.ignored for _, a, _ in items],
+                           queries=[q for _, _, q in items])

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from guide.options import Policy
-from guide.step import latest_user_text, plan_views
+from guide.step import PASSAGE_RISK_MARGIN, latest_user_text, plan_views, plan_whole
 from judge.model import LinearHeads, Risk, Verdict, answer_views, response_features
 from retriever.types import Retriever
 
@@ -16,7 +16,9 @@ def assess_batch(conversations: Sequence[Sequence[dict[str, Any]]], retriever: R
     """Prompt risk per conversation, from the same views the guide step embeds."""
     policy = Policy(window=window)
     views = [plan_views(m, policy) for m in conversations]
-    return judge.risks(retriever.encode(views), [len(v) for v in views])
+    return judge.risks(retriever.encode(views), [len(v) for v in views],
+                       whole=[plan_whole(m, policy) for m in conversations],
+                       passage_margin=PASSAGE_RISK_MARGIN)
 
 
 def judge_batch(conversations: Sequence[Sequence[dict[str, Any]]], answers: Sequence[str],

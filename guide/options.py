@@ -4,7 +4,7 @@
 (``min_score`` down), safety guidelines kept more readily (``safety_margin`` down, no margin at
 all being the tightest; ``risk_threshold`` down). Each option states its own order once, in
 ``RULES``; later stages add theirs the same way (backtracking off < monitor < enforce;
-refinement off < retrieve < rewrite). A deployment may allow loosening (``allow_loosen``).
+refinement off < retrieve < auto < rewrite). A deployment may allow loosening (``allow_loosen``).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from guide.refine import REFINE_MODES
 from retriever.types import SelectConfig
 
 # Bounds shared by every request model that carries these options (one limit, one place).
@@ -40,6 +41,8 @@ class GuideOptions(BaseModel):
     backtrack: Literal["off", "monitor", "enforce"] | None = None
     backtrack_window: int | None = Field(None, ge=0, le=BACKTRACK_WINDOW_MAX)
     backtrack_max_retractions: int | None = Field(None, ge=0, le=10)
+    # query refinement (guide/refine.py): what the refined latest user turn is used for
+    refine: Literal["off", "retrieve", "auto", "rewrite"] | None = None
     # how much the answer's `guide_align` field says: ids (default) or the guideline texts too
     details: Literal["ids", "full"] | None = None
 
@@ -62,6 +65,8 @@ class Policy:
     backtrack_max_retractions: int = 2
     # Query views per conversation at most (guide/views.py), bounding a long input's cost.
     max_views: int = 48
+    # Query refinement: off < retrieve (retrieval and risk) < auto < rewrite (the upstream too).
+    refine: str = "off"
     details: str = "ids"  # what the answer's guide_align field lists (presentation only)
     # The key of the guideline block's markers (guide/forgery.py); None: an unsigned block.
     sign_key: bytes | None = field(default=None, repr=False)
@@ -115,6 +120,8 @@ RULES: dict[str, Rule] = {
         lambda p: p.backtrack_max_retractions,
         lambda p, v: dataclasses.replace(p, backtrack_max_retractions=v),
         lambda req, cur: req <= cur),
+    "refine": Rule(lambda p: p.refine, lambda p, v: dataclasses.replace(p, refine=v),
+                   lambda req, cur: REFINE_MODES.index(req) >= REFINE_MODES.index(cur)),
     # presentation only: neither tighter nor looser
     "details": Rule(lambda p: p.details, lambda p, v: dataclasses.replace(p, details=v),
                     lambda req, cur: True),

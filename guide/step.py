@@ -15,7 +15,7 @@ from typing import Any
 
 from guide.forgery import defang, sign_block
 from guide.options import Policy
-from guide.views import conversation_views, normalise_roles
+from guide.views import conversation_views, normalise_roles, whole_views
 from guideline_lib.render import inject_system, render_guidelines
 from judge.model import LinearHeads, Risk
 from retriever.query import conversation_query
@@ -23,6 +23,10 @@ from retriever.types import Hit, Retriever
 
 Messages = list[dict[str, Any]]
 log = logging.getLogger("guide_align.guide")
+# A passage of a long text opens the risk gate only this far above the threshold: measured on
+# public benign and harmful prompts (bench/judge_quality.py), 0.15 keeps most of what sentence
+# views catch in long harmful messages while long benign ones stop tripping the gate.
+PASSAGE_RISK_MARGIN = 0.15
 
 
 @dataclass(frozen=True)
@@ -71,6 +75,11 @@ def plan_views(messages: Sequence[dict[str, Any]], policy: Policy) -> tuple[str,
     return conversation_views(messages, window=policy.window, max_views=policy.max_views)
 
 
+def plan_whole(messages: Sequence[dict[str, Any]], policy: Policy) -> int:
+    """How many of ``plan_views``' leading views are whole texts (the rest are passages)."""
+    return whole_views(messages, window=policy.window) if plan_views(messages, policy) else 0
+
+
 def client_conversation(messages: Sequence[dict[str, Any]]) -> tuple[Messages, int]:
     """The client's messages as they are forwarded, before the block is injected: recognised
     roles normalised, text imitating the guideline block defanged (and how many times)."""
@@ -97,14 +106,23 @@ def guide_batch(
     *,
     judge: LinearHeads | None = None,
     ignored: Sequence[tuple[str, ...]] | None = None,
+    queries: Sequence[Sequence[dict[str, Any]] | None] | None = None,
 ) -> list[Guidance]:
-    """Guidance for many conversations, each under its own policy, in one encoder call."""
+    """Guidance for many conversations, each under its own policy, in one encoder call.
+
+    ``queries`` (one per conversation, None for itself) are the conversations viewed for
+    retrieval and prompt risk instead: the refined ones of refinement's retrieve mode."""
     clients = [client_conversation(m) for m in conversations]
-    views = [plan_views(m, p) for (m, _), p in zip(clients, policies, strict=True)]
+    viewed = [client_conversation(q) if q is not None else c
+              for c, q in zip(clients, queries or [None] * len(clients), strict=True)]
+    views = [plan_views(m, p) for (m, _), p in zip(viewed, policies, strict=True)]
     groups = [len(v) for v in views]
     vectors = retriever.encode(views)
-    risks: list[Risk | None] = (list(judge.risks(vectors, groups)) if judge is not None
-                                else [None] * len(views))
+    whole = [whole_views(m, window=p.window) if v else 0
+             for (m, _), p, v in zip(viewed, policies, views, strict=True)]
+    risks: list[Risk | None] = (
+        list(judge.risks(vectors, groups, whole=whole, passage_margin=PASSAGE_RISK_MARGIN))
+        if judge is not None else [None] * len(views))
     ranked = retriever.candidates(vectors, groups, [p.select for p in policies])
     notes = ignored if ignored is not None else [()] * len(conversations)
     out = []

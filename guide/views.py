@@ -146,6 +146,14 @@ def _shares(needs: Sequence[int], budget: int) -> list[int]:
     return shares
 
 
+def whole_views(messages: Sequence[dict[str, Any]], *, window: int = 3) -> int:
+    """How many of ``conversation_views``' leading views are whole texts (the joined turns and
+    the latest turn alone) rather than passages of a long text: 0, 1 or 2."""
+    msgs = normalise_roles(messages)
+    joined = conversation_query(msgs, window=window)
+    return len({joined, conversation_query(msgs, window=0)}) if joined else 0
+
+
 def conversation_views(messages: Sequence[dict[str, Any]], *, window: int = 3,
                        max_views: int = MAX_VIEWS) -> tuple[str, ...]:
     """The views of a conversation, at most ``max_views``: the latest user turn with up to

@@ -87,6 +87,29 @@ def build_library(
                                              transport=transport),
                                journal=journal, cache=response_cache)
     records = input_records(run.items, journal, config=config, llm=llm)
+    return save_build(run, records, output, llm=llm, config=config, calls=calls,
+                      journal=journal.path, base=base, encoder=encoder, name=name,
+                      version=version, read=read, inputs=inputs, text_field=text_field)
+
+
+def save_build(
+    run: BuildRun,
+    records: dict[str, dict[str, Any]],
+    output: Path,
+    *,
+    llm: LLMConfig,
+    config: BuildConfig,
+    calls: ClientStats,
+    journal: Path,
+    base: Library | None = None,
+    encoder: Embedder | None = None,
+    name: str | None = None,
+    version: str | None = None,
+    read: ReadStats | None = None,
+    inputs: Sequence[str] = (),
+    text_field: str = "text",
+) -> BuildResult:
+    """Assemble the library from a run's per-input records (``input_records``) and write it."""
     manifest = (base.manifest.model_copy(update={"created": utc_now()}) if base
                 else Manifest(name=name or output.name))
     manifest.name = name or manifest.name
@@ -96,7 +119,7 @@ def build_library(
         model=llm.model, prompt_version=prompt_version(), test_percent=config.test_percent)
     library.manifest.producer = _producer(inputs, text_field, llm, base, read, run, calls, st)
     saved = save_library(library, output)
-    return BuildResult(library=saved, run=run, calls=calls, stats=st, journal=journal.path)
+    return BuildResult(library=saved, run=run, calls=calls, stats=st, journal=journal)
 
 
 def _producer(inputs: Sequence[str], text_field: str, llm: LLMConfig, base: Library | None,

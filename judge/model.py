@@ -23,6 +23,7 @@ import numpy as np
 
 from guideline_lib.io import MANIFEST, atomic_directory
 from guideline_lib.taxonomy import SAFETY_IDS
+from judge.critic import StreamCritic
 
 WEIGHTS = "heads.npz"
 LABELS = ("unsafe", "refusal", "useful")
@@ -143,6 +144,8 @@ class LinearHeads:
     memory: ExampleMemory | None = None
     head_weight: float = 0.0
     category_mix: float = 0.5
+    # the stream critic of backtracking (judge/critic.py); None: the response head is the critic
+    critic: StreamCritic | None = None
 
     # -- prompt risk --------------------------------------------------------------------
     def head_logits(self, vectors: np.ndarray) -> np.ndarray:
@@ -161,18 +164,26 @@ class LinearHeads:
         raw = vote + self.head_weight * _sigmoid(self.head_logits(vectors))
         return raw, (1.0 - self.category_mix) * cats + self.category_mix * vote_cats
 
-    def risks(self, vectors: np.ndarray, groups: Sequence[int]) -> list[Risk]:
-        """One Risk per query; ``groups`` gives how many consecutive rows (views) each has."""
+    def risks(self, vectors: np.ndarray, groups: Sequence[int], *,
+              whole: Sequence[int] | None = None, passage_margin: float = 0.0) -> list[Risk]:
+        """One Risk per query; ``groups`` gives how many consecutive rows (views) each has.
+
+        With ``whole`` (per query, how many of its leading views are whole texts), the later
+        views (passages of a long text) count ``passage_margin`` less: one sentence of a long
+        benign message must look riskier than a whole request to open the gate."""
         raw, cats = self._raw(vectors)
         prob = self.risk_cal(raw)
         out, start = [], 0
-        for n in groups:
+        for i, n in enumerate(groups):
             if n == 0:
                 out.append(Risk(0.0, dict.fromkeys(SAFETY_IDS, 0.0)))
                 continue
-            block = slice(start, start + n)
-            out.append(Risk(float(prob[block].max()),
-                            dict(zip(SAFETY_IDS, cats[block].max(axis=0).tolist(), strict=True))))
+            block = prob[start:start + n].copy()
+            if whole is not None:
+                block[whole[i]:] -= passage_margin
+            out.append(Risk(float(max(block.max(), 0.0)),
+                            dict(zip(SAFETY_IDS, cats[start:start + n].max(axis=0).tolist(),
+                                     strict=True))))
             start += n
         return out
 
@@ -210,6 +221,8 @@ def save_heads(heads: LinearHeads, path: Path) -> None:
             "mix": np.array([heads.head_weight, heads.category_mix])}
         if heads.memory is not None:
             arrays |= _memory_arrays(heads.memory)
+        if heads.critic is not None:
+            arrays |= heads.critic.arrays()
         np.savez(tmp / WEIGHTS, **arrays)  # type: ignore[arg-type]
         (tmp / MANIFEST).write_text(json.dumps(heads.manifest, indent=2) + "\n", "utf-8")
 
@@ -237,6 +250,7 @@ def load_heads(path: Path, *, encoder_hash: str | None = None) -> LinearHeads:
         memory=ExampleMemory(w["mem_vectors"].astype(np.float32), w["mem_risky"],
                              w["mem_categories"].astype(np.float32), int(w["mem_k"][0])).warm()
         if "mem_vectors" in w else None,
+        critic=StreamCritic.from_arrays(w, manifest.get("critic", {})),
         **({"head_weight": float(w["mix"][0]), "category_mix": float(w["mix"][1])}
            if "mix" in w else {}))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from collections.abc import Callable
@@ -10,8 +11,9 @@ from typing import Any
 
 from guideline_lib.io import MANIFEST, load_library
 from guideline_lib.schema import Library
-from judge.data import SEEDS, answer_rows, load_families, prompt_rows
-from judge.model import save_heads
+from judge.critic import critic_hash, train_critic
+from judge.data import SEEDS, AnswerRow, answer_rows, load_families, prompt_rows
+from judge.model import LinearHeads, load_heads, save_heads
 from judge.train import JudgeTrainConfig, library_memory, train_heads
 from retriever.backends import load_backend_encoder, model_hash
 
@@ -50,7 +52,7 @@ def ensure_judge(path: Path, encoder_dir: Path, backend: str, *,
     # loading checked the manifest's hash against the content; reuse it rather than rehash
     lib_hash = (lib.manifest.content_hash or lib.content_hash()) if lib is not None else None
     if judge_is_current(path, enc_hash, data, lib_hash):
-        return False
+        return attach_critic(path, encoder_dir, backend, seeds=seeds, log=log)
     train_judge(path, encoder_dir, backend, config=config, seeds=seeds, library=lib, log=log)
     return True
 
@@ -71,8 +73,30 @@ def train_judge(path: Path, encoder_dir: Path, backend: str, *,
                                  progress=log)
     heads.manifest.update(seeds_hash=seeds_hash(seeds), backend=backend,
                           library_hash=library.content_hash() if library is not None else None)
+    heads = _with_critic(heads, answers, encoder_dir, backend, log=log)
     save_heads(heads, path)
     risk = metrics.get("prompt_risk", {})
     log(f"judge trained in {heads.manifest['seconds']:.0f}s; test AUROC "
         f"{risk.get('auroc', float('nan')):.3f}, threshold {heads.threshold:.3f}")
     return metrics
+
+
+def _with_critic(heads: LinearHeads, answers: list[AnswerRow], encoder_dir: Path, backend: str,
+                 *, log: Log) -> LinearHeads:
+    critic = train_critic(answers, load_backend_encoder(str(encoder_dir), backend), progress=log)
+    manifest = {**heads.manifest, "critic": critic.manifest}
+    return dataclasses.replace(heads, critic=critic, manifest=manifest)
+
+
+def attach_critic(path: Path, encoder_dir: Path, backend: str, *, seeds: Path = SEEDS,
+                  log: Log = print) -> bool:
+    """Train the stream critic into the current judge at ``path`` when it has none or its
+    critic data changed (the judge's heads are kept); True when it trained."""
+    heads = load_heads(path)
+    if heads.critic is not None and heads.critic.manifest.get("critic_hash") == critic_hash():
+        return False
+    seed = int(heads.manifest.get("config", {}).get("seed", 13))
+    answers = answer_rows(load_families(seeds), seed=seed)
+    log(f"training the stream critic into {path}")
+    save_heads(_with_critic(heads, answers, encoder_dir, backend, log=log), path)
+    return True

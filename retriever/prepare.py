@@ -124,7 +124,8 @@ def prepare_retriever(
         log(f"building the index at {paths.index}: {exc}")
         loaded = build_index(library, load_backend_encoder(str(enc_path), backend),
                              encoder_path=str(enc_path), encoder_hash=enc_hash,
-                             config=index_config or previous_index_config(paths.index))
+                             config=index_config or previous_index_config(paths.index)
+                             or IndexConfig(kind="auto"))
         loaded.manifest["encoder_backend"] = backend
         save_index(loaded, paths.index)
         made.append(f"index {paths.index} ({len(loaded.ids)} guidelines)")

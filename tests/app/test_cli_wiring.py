@@ -13,7 +13,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("app", "cli", "guide", "guideline_lib", "judge", "retriever", "finetune",
-            "evaluation")
+            "evaluation", "redteam", "scale")
 # Where the process starts: these may read the environment.
 EDGES = {"cli", "app/main.py"}
 
@@ -45,6 +45,9 @@ def test_imports_go_one_way():
     # the eval harness talks to gateways over HTTP and sits beside finetune
     assert not {"app", "cli", "finetune"} & _imported_packages("evaluation")
     assert "cli" not in _imported_packages("app")
+    # the Ray engine sits above the stages it runs; only the command line imports it
+    assert not {"app", "cli"} & _imported_packages("scale")
+    assert not any("scale" in _imported_packages(p) for p in PACKAGES if p not in ("cli", "scale"))
 
 
 def test_nothing_below_the_edges_reads_the_environment_or_a_var_literal():

@@ -14,6 +14,9 @@ from guide.options import RULES, GuideOptions
 USER = [{"role": "user", "content": "how do i kill a python process that hangs"}]
 SETTING = {"enabled": "guidance"}  # the deployment setting of each option, where named apart
 PRESENTATION = {"details"}  # how the answer reads, not how much guidance: always applied
+# a refiner nobody answers for: refinement falls back to the client's words
+# (tests/app/test_refine.py covers what each mode does)
+NO_REFINER = "http://127.0.0.1:9/v1"
 
 # option: (the deployment's settings, a looser request value)
 LOOSEN: dict[str, tuple[dict[str, Any], Any]] = {
@@ -25,6 +28,7 @@ LOOSEN: dict[str, tuple[dict[str, Any], Any]] = {
     "backtrack": ({"backtrack": "monitor"}, "off"),
     "backtrack_window": ({"backtrack_window": 16}, 4),
     "backtrack_max_retractions": ({"backtrack_max_retractions": 2}, 5),
+    "refine": ({"refine": "rewrite", "refine_base_url": NO_REFINER}, "off"),
 }
 # option: (the deployment's settings, a tighter request value, whether the route's outcome
 # shows it: guideline ids, the risk gate and the backtracking state)
@@ -37,6 +41,7 @@ TIGHTEN: dict[str, tuple[dict[str, Any], Any, bool]] = {
     "backtrack": ({}, "monitor", True),
     "backtrack_window": ({"backtrack_window": 4}, 32, False),
     "backtrack_max_retractions": ({"backtrack_max_retractions": 2}, 0, False),
+    "refine": ({"refine_base_url": NO_REFINER}, "rewrite", False),
 }
 NEEDS_JUDGE = {"risk_threshold"}  # the gate is a judge's
 

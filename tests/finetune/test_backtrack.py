@@ -3,14 +3,20 @@ turns the answer back into the safe one, exactly."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
+from app.backtrack import BacktrackConfig, Source, guard_answer, guard_stream
+from app.config import Settings
 from finetune.backtrack import BacktrackData, unsafe_spans, with_backtracking
 from finetune.chat import IGNORE, encode_conversation
 from finetune.export import SFTExample, from_row, to_row
 from guide.backtrack import Marker
+from judge.model import Verdict
 
 ANSWER = ("A strong home network starts with the router. Change the default admin password, "
           "turn on WPA3 or at least WPA2, switch off WPS and remote management, and install "
@@ -68,6 +74,11 @@ def test_spans_come_from_the_project_seed_answers():
     spans = unsafe_spans(max_words=30)
     assert len(spans) > 50
     assert all(0 < len(s.split()) <= 30 for s in spans)
+    # by default no span is longer than the gateway's default window: all of it is still
+    # held back when the marker arrives, so all of it can be taken back
+    window = Settings().backtrack_window
+    assert BacktrackData().max_span_words <= window
+    assert max(len(s.split()) for s in unsafe_spans()) == BacktrackData().max_span_words
 
 
 def test_export_command_writes_masked_spans_and_records_them(tmp_path):
@@ -91,3 +102,128 @@ def test_export_command_writes_masked_spans_and_records_them(tmp_path):
     refused = run_cli("export", str(run), "-o", str(tmp_path / "x"), "--backtrack",
                       "--format", "sharegpt")
     assert refused.exit_code != 0 and "--backtrack needs" in refused.output
+
+
+def test_the_trainer_gives_the_span_no_loss(tiny_base, tmp_path):
+    """The batches `finetune train` optimises: span tokens are -100, marker and rest count."""
+    from finetune.models import load_model
+    from finetune.train import TrainConfig, build_trainer
+
+    (example,), _ = with_backtracking(examples(1), BacktrackData(share=1.0), spans=[SPAN])
+    base = load_model(tiny_base)
+    trainer = build_trainer(base, {"train": [example.messages]},
+                            config=TrainConfig(max_steps=1, batch_size=1, show_progress=False),
+                            work_dir=tmp_path)
+    batch = next(iter(trainer.get_train_dataloader()))
+    ids, labels = batch["input_ids"][0].tolist(), batch["labels"][0].tolist()
+    tok = base.tokenizer
+    learned = tok.decode([t for t, lab in zip(ids, labels, strict=True) if lab != IGNORE])
+    skipped = tok.decode([t for t, lab in zip(ids, labels, strict=True) if lab == IGNORE])
+    content = example.messages[-1]["content"]
+    (start, end), = example.messages[-1]["masked"]
+    # every label kept is the token itself (no shift or substitution by the collator)
+    assert all(lab in (IGNORE, t) for t, lab in zip(ids, labels, strict=True))
+    assert SPAN.strip() in skipped and "dictionary" not in learned
+    assert learned.startswith(content[:start].strip())
+    assert content[end:].strip() in learned  # the marker and the safe rest
+    # the loss the trainer optimises sends no gradient through the span's predictions
+    trained = [i for i, lab in enumerate(labels) if lab != IGNORE]
+    hole = [i for i in range(trained[0], trained[-1]) if labels[i] == IGNORE]
+    assert len(hole) >= len(SPAN.split())
+    out = trainer.model(**batch)
+    out.logits.retain_grad()
+    out.loss.backward()
+    grad = out.logits.grad[0].abs().sum(dim=-1)  # row i predicts token i + 1
+    assert all(float(grad[i - 1]) == 0.0 for i in hole)
+    assert all(float(grad[i - 1]) > 0.0 for i in trained)
+
+
+def chunks_of(text: str, tokenizer: Any) -> list[str]:
+    """``text`` cut where the model's tokens end: the deltas a tuned model streams."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    out = [tokenizer.decode([i]) for i in ids]
+    assert "".join(out) == text
+    return out
+
+
+def sse(chunks: list[str]) -> Source:
+    async def events() -> AsyncIterator[bytes]:
+        for i, piece in enumerate(chunks):
+            delta: dict[str, Any] = {"content": piece}
+            if i == 0:
+                delta["role"] = "assistant"
+            yield b"data: " + json.dumps({"id": "x", "object": "chat.completion.chunk",
+                                          "choices": [{"index": 0, "delta": delta,
+                                                       "finish_reason": None}]}).encode() + b"\n\n"
+        yield b"data: [DONE]\n\n"
+
+    async def close() -> None:
+        return None
+
+    return Source(events=events(), close=close)
+
+
+async def never_unsafe(conversation: Any, answer: str) -> Verdict:
+    """A critic that passes everything: only the upstream's own marker takes text back."""
+    return Verdict(label="useful", scores={"unsafe": 0.0, "refusal": 0.0, "useful": 1.0},
+                   categories={})
+
+
+async def no_reopen(messages: Any) -> Source:
+    raise AssertionError("a marker never calls the upstream again")
+
+
+async def no_strengthen(categories: Any) -> str:
+    raise AssertionError("a marker needs no strengthened guidance")
+
+
+def client_text(events: list[bytes]) -> tuple[str, dict[str, Any]]:
+    text, report = "", {}
+    for event in events:
+        payload = event.decode().removeprefix("data: ").strip()
+        if payload == "[DONE]":
+            continue
+        obj = json.loads(payload)
+        for choice in obj.get("choices") or []:
+            text += (choice.get("delta") or {}).get("content") or ""
+        report = obj.get("guide_align", {}).get("backtrack", report)
+    return text, report
+
+
+def test_the_gateway_turns_a_streamed_exported_answer_back_into_the_safe_one(tokenizer):
+    """Exported answers with the longest default spans, streamed token by token through the
+    gateway's hold-back window (default settings): the client reads the safe answer, exactly."""
+    spans = sorted(unsafe_spans(), key=lambda s: -len(s.split()))[:3]
+    out, changed = with_backtracking(examples(12), BacktrackData(share=1.0), spans=spans)
+    assert changed == 12
+    config = BacktrackConfig(window=Settings().backtrack_window)
+    ask = [{"role": "user", "content": "question"}]
+
+    async def relay(text: str) -> list[bytes]:
+        stream = guard_stream(sse(chunks_of(text, tokenizer)), conversation=ask, guided=ask,
+                              judge=never_unsafe, reopen=no_reopen, strengthen=no_strengthen,
+                              config=config)
+        return [event async for event in stream]
+
+    for example in out:
+        content = example.messages[-1]["content"]
+        (start, end), = example.messages[-1]["masked"]
+        text, report = client_text(asyncio.run(relay(content)))
+        assert text == ANSWER, content
+        assert content[start:end] not in text and "backtrack" not in text
+        assert report["marker_retractions"] == 1 and report["retractions"] == 0
+
+
+def test_the_gateway_undoes_the_span_of_a_non_streaming_answer():
+    (example,), _ = with_backtracking(examples(1), BacktrackData(share=1.0), spans=[SPAN])
+    ask = [{"role": "user", "content": "question"}]
+    answer = {"choices": [{"index": 0, "message": dict(example.messages[-1])}]}
+
+    async def no_regenerate(messages: Any) -> dict[str, Any]:
+        raise AssertionError("a safe answer is not regenerated")
+
+    report = asyncio.run(guard_answer(answer, conversation=ask, guided=ask, judge=never_unsafe,
+                                      regenerate=no_regenerate, strengthen=no_strengthen,
+                                      config=BacktrackConfig()))
+    assert answer["choices"][0]["message"]["content"] == ANSWER
+    assert report.markers == 1 and report.retractions == 0

@@ -1,0 +1,203 @@
+"""The stream critic: P(unsafe) of an answer while it streams, for backtracking.
+
+Two readings of the same text, stacked:
+
+- a linear head on the serving encoder's embedding of the text (meaning, mostly English);
+- a lexical head: logistic regression on hashed character n-grams of the text
+  (``HashingVectorizer(analyzer="char_wb", ngram_range=(3, 5))``), which reads Spanish,
+  French, German, Italian and Portuguese as well as English.
+
+Both are trained on what the critic sees mid-stream: whole answers, their prefixes and
+windows of their latest words, from the judge's seed answers and from judge/data/critic.json
+(unsafe compliance and benign answers with alarming words, several languages each). A
+two-weight logistic fit on the dev families combines their logits, so the output is a
+probability and a threshold reads as one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from judge.data import AnswerRow, family_split
+
+CRITIC_DATA = Path(__file__).resolve().parent / "data" / "critic.json"
+SEGMENT = 16  # words in the latest-words window the gateway also judges
+N_FEATURES = 2 ** 18
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class CriticRow:
+    """One text the critic learns from: unsafe or not, its family (for the split) and language."""
+
+    text: str
+    unsafe: bool
+    family: str
+    lang: str
+    split: str
+
+
+@dataclass(frozen=True)
+class StreamCritic:
+    """Weights of both heads and the stacker: P = sigmoid(s0 * dense + s1 * lexical + s2)."""
+
+    dense_w: np.ndarray  # (dim,)
+    dense_b: float
+    lex_w: np.ndarray  # (N_FEATURES,)
+    lex_b: float
+    stack: np.ndarray  # (3,)
+    manifest: dict[str, Any] = field(default_factory=dict)
+
+    @cached_property
+    def _hasher(self) -> Any:
+        from sklearn.feature_extraction.text import HashingVectorizer
+
+        return HashingVectorizer(analyzer="char_wb", ngram_range=(3, 5),
+                                 n_features=len(self.lex_w), alternate_sign=False)
+
+    def lexical_logits(self, texts: Sequence[str]) -> np.ndarray:
+        """The lexical head's logit per text."""
+        return np.asarray(self._hasher.transform(list(texts)) @ self.lex_w).ravel() + self.lex_b
+
+    def dense_logits(self, vectors: np.ndarray) -> np.ndarray:
+        """The embedding head's logit per embedded text."""
+        return vectors @ self.dense_w + self.dense_b
+
+    def unsafe(self, vectors: np.ndarray, texts: Sequence[str]) -> np.ndarray:
+        """P(unsafe) per text, given its embedding."""
+        z = (self.stack[0] * self.dense_logits(vectors)
+             + self.stack[1] * self.lexical_logits(texts) + self.stack[2])
+        return 1.0 / (1.0 + np.exp(-z))
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The weights, for the judge's weights file."""
+        return {"critic_dense_w": self.dense_w, "critic_dense_b": np.array([self.dense_b]),
+                "critic_lex_w": self.lex_w.astype(np.float32),
+                "critic_lex_b": np.array([self.lex_b]), "critic_stack": self.stack}
+
+    @classmethod
+    def from_arrays(cls, w: Any, manifest: dict[str, Any]) -> StreamCritic | None:
+        """The critic stored in a judge's weights file, or None when it has none."""
+        if "critic_stack" not in w:
+            return None
+        return cls(w["critic_dense_w"], float(w["critic_dense_b"][0]),
+                   w["critic_lex_w"].astype(np.float32), float(w["critic_lex_b"][0]),
+                   w["critic_stack"], manifest)
+
+
+def critic_hash(path: Path = CRITIC_DATA) -> str:
+    """sha256 over the critic's own data and code (the judge's seeds are hashed apart)."""
+    h = hashlib.sha256()
+    for p in (path, Path(__file__)):
+        h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def _windows(words: list[str], size: int = SEGMENT, step: int = 6) -> list[str]:
+    if len(words) <= size:
+        return []
+    return [" ".join(words[i:i + size]) for i in range(0, len(words) - size + 1, step)]
+
+
+def critic_rows(answers: Sequence[AnswerRow], path: Path = CRITIC_DATA, *,
+                seed: int = 13) -> list[CriticRow]:
+    """Training texts: the critic data's spans (whole, prefixes, latest-word windows, an unsafe
+    span after a benign opening in the same language) and the judge's seed answers (whole,
+    refuse-then-comply, with a disclaimer, and one latest-words window each)."""
+    rng = random.Random(seed)
+    data = json.loads(path.read_text("utf-8"))
+    rows: list[CriticRow] = []
+    safe_by_lang: dict[str, list[str]] = {}
+    for fam in data["families"]:
+        if fam["label"] == "safe":
+            for lang, (_, text) in fam["spans"].items():
+                safe_by_lang.setdefault(lang, []).append(text)
+    for fam in data["families"]:
+        unsafe, split = fam["label"] == "unsafe", family_split(fam["id"])
+        for lang, (_, text) in fam["spans"].items():
+            words = text.split()
+            views = [text, *_windows(words)]
+            views += [" ".join(words[:int(len(words) * s)]) for s in (0.5, 0.75)
+                      if int(len(words) * s) >= 8]
+            if unsafe:
+                opening = " ".join(rng.choice(safe_by_lang.get(lang, [""])).split()[:24])
+                views.append(f"{opening} {text}".strip())
+            rows += [CriticRow(v, unsafe, fam["id"], lang, split) for v in views]
+    for a in answers:
+        if a.form not in ("seed", "refuse_then_comply", "disclaimer"):
+            continue
+        rows.append(CriticRow(a.answer, a.label == "unsafe", a.family, "en", a.split))
+        words = a.answer.split()
+        if a.form == "seed" and len(words) > SEGMENT:
+            rows.append(CriticRow(" ".join(words[-SEGMENT:]), a.label == "unsafe", a.family,
+                                  "en", a.split))
+    return rows
+
+
+def _fit(x: Any, y: np.ndarray, c: float, seed: int) -> tuple[np.ndarray, float]:
+    from sklearn.linear_model import LogisticRegression
+
+    m = LogisticRegression(C=c, class_weight="balanced", max_iter=3000, solver="liblinear",
+                           random_state=seed).fit(x, y)
+    return m.coef_[0].astype(np.float32), float(m.intercept_[0])
+
+
+def _rates(y: np.ndarray, p: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
+    pos, neg = p[y == 1], p[y == 0]
+    return {"n": len(y), "recall": float((pos >= threshold).mean()) if len(pos) else 0.0,
+            "false_positive_rate": float((neg >= threshold).mean()) if len(neg) else 0.0}
+
+
+def train_critic(answers: Sequence[AnswerRow], encoder: Any, *, path: Path = CRITIC_DATA,
+                 seed: int = 13, c_dense: float = 1.0, c_lexical: float = 10.0,
+                 refit: bool = True, progress: Progress = print) -> StreamCritic:
+    """Fit both heads on the train families, the stacker on the dev families, and measure
+    the test families (never seen by either) at P >= 0.5, per language; with ``refit``, the
+    heads kept are then fitted again on every family (the stacker's weights stay)."""
+    from sklearn.feature_extraction.text import HashingVectorizer
+    from sklearn.linear_model import LogisticRegression
+
+    rows = critic_rows(answers, path, seed=seed)
+    progress(f"embedding {len(rows)} texts for the stream critic")
+    texts = [r.text for r in rows]
+    vecs = np.vstack([encoder.encode(texts[i:i + 256]) for i in range(0, len(texts), 256)])
+    y = np.array([r.unsafe for r in rows], dtype=int)
+    split = np.array([r.split for r in rows])
+    lex = HashingVectorizer(analyzer="char_wb", ngram_range=(3, 5), n_features=N_FEATURES,
+                            alternate_sign=False).transform(texts)
+    train, dev, test = (split == "train"), (split == "dev"), (split == "test")
+    dense_w, dense_b = _fit(vecs[train], y[train], c_dense, seed)
+    lex_w, lex_b = _fit(lex[train], y[train], c_lexical, seed)
+    logits = np.column_stack([vecs @ dense_w + dense_b,
+                              np.asarray(lex @ lex_w).ravel() + lex_b])
+    fit_on = dev if len(set(y[dev].tolist())) == 2 else train  # a tiny data set may lack dev
+    stacker = LogisticRegression(C=1.0, max_iter=1000, random_state=seed).fit(
+        logits[fit_on], y[fit_on])
+    stack = np.array([*stacker.coef_[0], stacker.intercept_[0]], dtype=np.float64)
+    critic = StreamCritic(dense_w, dense_b, lex_w, lex_b, stack)
+    p = critic.unsafe(vecs, texts)
+    langs = sorted({r.lang for r in rows})
+    lang = np.array([r.lang for r in rows])
+    metrics: dict[str, Any] = {"test": _rates(y[test], p[test]),
+               "test_by_language": {g: _rates(y[test & (lang == g)], p[test & (lang == g)])
+                                    for g in langs if (test & (lang == g)).any()},
+               "dev": _rates(y[dev], p[dev])}
+    if refit:
+        dense_w, dense_b = _fit(vecs, y, c_dense, seed)
+        lex_w, lex_b = _fit(lex, y, c_lexical, seed)
+    manifest = {"rows": {s: int((split == s).sum()) for s in ("train", "dev", "test")},
+                "stack": stack.tolist(), "metrics": metrics, "critic_hash": critic_hash(path),
+                "c_dense": c_dense, "c_lexical": c_lexical, "refit": refit}
+    t = metrics["test"]
+    progress(f"stream critic: test recall {t['recall']:.3f}, false positives "
+             f"{t['false_positive_rate']:.3f} at P >= 0.5")
+    return StreamCritic(dense_w, dense_b, lex_w, lex_b, stack, manifest)
