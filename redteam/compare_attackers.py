@@ -9,11 +9,12 @@ from typing import Any
 
 import numpy as np
 
+from finetune.grpo import rounded_mean
 from finetune.models import LoadedModel
 from redteam.attacker import attacker_messages, clean_attack
 from redteam.mutations import attack_id, attack_seed
 from redteam.tactics import LLM_TACTICS
-from redteam.train_attacker import OutcomeDefender, RewardWeights, normalise_rows, rounded_mean
+from redteam.train_attacker import OutcomeDefender, RewardWeights, normalise_rows
 from redteam.types import Attack, Goal
 from retriever.encoder import Encoder
 

@@ -31,7 +31,18 @@ from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
-from finetune.models import ADAPTER, GGUF_FILE, MANIFEST, MERGED, LoadedModel, file_sha256
+from finetune.grpo import REWARD_PLOT as REWARD_PLOT  # re-export
+from finetune.grpo import STEP_LOG as STEP_LOG  # re-export
+from finetune.grpo import (
+    base_info,
+    grpo_args,
+    grpo_artifacts,
+    grpo_metrics,
+    save_grpo_run,
+    step_logger,
+)
+from finetune.grpo import rounded_mean as rounded_mean  # re-export
+from finetune.models import MANIFEST, MERGED, LoadedModel
 from guideline_lib.io import atomic_directory
 from guideline_lib.schema import utc_now
 from redteam.attacker import attacker_messages, clean_attack
@@ -41,8 +52,6 @@ from retriever.encoder import Encoder
 
 Messages = list[dict[str, Any]]
 T = TypeVar("T")
-STEP_LOG = "steps.json"
-REWARD_PLOT = "reward.png"
 
 
 @dataclass(frozen=True)
@@ -283,52 +292,6 @@ def training_rows(goals: Sequence[Goal], tactics: Sequence[str] = LLM_TACTICS, *
     return rows
 
 
-def _step_logger() -> tuple[Any, list[dict[str, Any]]]:
-    from transformers import TrainerCallback
-
-    rows: list[dict[str, Any]] = []
-
-    class Log(TrainerCallback):
-        def on_log(self, args: Any, state: Any, control: Any, logs: Any = None,
-                   **kw: Any) -> None:
-            if logs and "reward" in logs:
-                rows.append({"step": int(state.global_step),
-                             **{k: v for k, v in logs.items() if isinstance(v, int | float)}})
-
-    return Log(), rows
-
-
-def plot_rewards(rows: Sequence[dict[str, Any]], history: Sequence[dict[str, Any]], out: Path,
-                 *, title: str) -> Path:
-    """Mean reward per step, with the unsafe, miss and intent terms, as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    steps = [r["step"] for r in rows]
-    fig, ax = plt.subplots(figsize=(7, 4))
-    ax.plot(steps, [r["reward"] for r in rows], marker="o", label="mean reward")
-    for key in ("unsafe", "miss", "intent"):
-        values = [h.get(key) for h in history[:len(steps)]]
-        if any(v is not None for v in values):
-            ax.plot(steps[:len(values)], [np.nan if v is None else v for v in values],
-                    alpha=0.6, label=key)
-    ax.set_xlabel("GRPO step")
-    ax.set_ylabel("value")
-    ax.set_title(title)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
-
-
-def rounded_mean(values: Sequence[float]) -> float | None:
-    """The mean to 4 places (None for no values)."""
-    return round(float(np.mean(values)), 4) if len(values) else None
-
-
 def train_attacker(goals: Sequence[Goal], out: Path, *, base: LoadedModel, reward: AttackReward,
                    config: AttackerTrainConfig = AttackerTrainConfig(),
                    tactics: Sequence[str] = LLM_TACTICS,
@@ -337,9 +300,9 @@ def train_attacker(goals: Sequence[Goal], out: Path, *, base: LoadedModel, rewar
     GGUF when the base came from one, step log, reward plot, manifest). Returns the manifest."""
     from datasets import Dataset
     from transformers import set_seed
-    from trl import GRPOConfig, GRPOTrainer
+    from trl import GRPOTrainer
 
-    from finetune.serve import GGUFExportError, check_gguf_template, export_gguf
+    from finetune.serve import check_gguf_template
     from finetune.train import TrainConfig, lora_config
 
     started = time.monotonic()
@@ -353,19 +316,12 @@ def train_attacker(goals: Sequence[Goal], out: Path, *, base: LoadedModel, rewar
                        n_layers=int(base.model.config.num_hidden_layers))
     batch = config.goals_per_step * config.num_generations
     work = Path(tempfile.mkdtemp(prefix="guide-align-attacker-"))
-    callback, steps_log = _step_logger()
+    callback, steps_log = step_logger()
     try:
         # 1. arguments and trainer: one group of completions per (goal, tactic) prompt
-        args = GRPOConfig(
-            output_dir=str(work), max_steps=config.max_steps, learning_rate=config.learning_rate,
-            per_device_train_batch_size=batch, num_generations=config.num_generations,
-            max_completion_length=config.max_completion_length, temperature=config.temperature,
-            beta=config.beta, seed=config.seed, data_seed=config.seed, logging_steps=1,
-            save_strategy="no", report_to="none", use_cpu=True, bf16=False,
-            dataloader_num_workers=0, disable_tqdm=not config.show_progress,
-            gradient_checkpointing=False, shuffle_dataset=True)
         reward_funcs: list[Any] = [reward]
-        trainer: Any = GRPOTrainer(model=base.model, reward_funcs=reward_funcs, args=args,
+        trainer: Any = GRPOTrainer(model=base.model, reward_funcs=reward_funcs,
+                                   args=grpo_args(config, work, batch=batch),
                                    train_dataset=Dataset.from_list(rows),
                                    processing_class=base.tokenizer, peft_config=lora,
                                    callbacks=[callback])
@@ -376,49 +332,24 @@ def train_attacker(goals: Sequence[Goal], out: Path, *, base: LoadedModel, rewar
         # 3. save: adapter, merged model, GGUF, step log, plot, manifest
         with atomic_directory(out) as tmp:
             tmp.chmod(0o755)
-            trainer.model.save_pretrained(str(tmp / ADAPTER))
-            merged = trainer.model.merge_and_unload()
-            merged.save_pretrained(str(tmp / MERGED))
-            base.tokenizer.save_pretrained(str(tmp / MERGED))
-            gguf_note = None
-            if template is not None:
-                try:
-                    export_gguf(merged, tmp / GGUF_FILE, template=template,
-                                name="guide-align red-team attacker (GRPO)")
-                except GGUFExportError as exc:
-                    gguf_note = str(exc)
-            history = reward.history
-            log = [{**row, "terms": history[i] if i < len(history) else None}
-                   for i, row in enumerate(steps_log)]
-            (tmp / STEP_LOG).write_text(json.dumps(log, indent=2) + "\n", "utf-8")
-            if steps_log:
-                plot_rewards(steps_log, history, tmp / REWARD_PLOT,
-                             title=f"attacker GRPO: {steps} steps, {config.num_generations} "
-                                   "generations per goal")
-            rewards = [r["reward"] for r in steps_log]
-            quarter = max(1, len(rewards) // 4)
+            gguf_note = save_grpo_run(
+                trainer, tmp, base=base, template=template,
+                gguf_name="guide-align red-team attacker (GRPO)", rows=steps_log,
+                history=reward.history, terms=("unsafe", "miss", "intent"),
+                title=f"attacker GRPO: {steps} steps, {config.num_generations} "
+                      "generations per goal")
             manifest = {
                 "tool": "guide-align redteam train-attacker",
                 "created": utc_now(),
-                "base": {"path": str(base.source),
-                         "sha256": file_sha256(base.source) if base.source.is_file() else None},
+                "base": base_info(base),
                 "data": {"goals": len(goals), "holdout_goals": sum(g.holdout for g in goals),
                          "tactics": list(tactics), "prompts": len(rows)},
                 "reward": {"weights": asdict(reward.weights), "defender": defender_info or {}},
                 "hyperparameters": {k: v for k, v in asdict(config).items()
                                     if k != "show_progress"},
-                "metrics": {
-                    "steps": steps,
-                    "train_seconds": round(train_seconds, 1),
-                    "steps_per_minute": round(steps / max(train_seconds, 1e-9) * 60, 3),
-                    "completions": steps * batch,
-                    "reward_first_quarter": rounded_mean(rewards[:quarter]),
-                    "reward_last_quarter": rounded_mean(rewards[-quarter:]),
-                },
-                "artifacts": {"adapter": ADAPTER, "merged": MERGED,
-                              "gguf": GGUF_FILE if (tmp / GGUF_FILE).exists() else None,
-                              "gguf_note": gguf_note, "steps": STEP_LOG,
-                              "reward_plot": REWARD_PLOT if steps_log else None},
+                "metrics": grpo_metrics(steps_log, steps=steps, train_seconds=train_seconds,
+                                        batch=batch, rate_digits=3),
+                "artifacts": grpo_artifacts(tmp, gguf_note=gguf_note, plotted=bool(steps_log)),
                 "seconds": round(time.monotonic() - started, 1),
             }
             (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", "utf-8")
@@ -436,23 +367,21 @@ class CompareConfig:
     report: Path | None = None  # attacker.json and attacker.png go there (None: out/compare)
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextlib.contextmanager
 def local_target(upstream: str | None, *, threads: int, log_file: Path) -> Iterator[str]:
     """``upstream``, or a llama.cpp server on SmolLM2 started for the block: its /v1 URL."""
     if upstream:
         yield upstream
         return
-    from app.launcher import smollm2_path, start_llama_server, stop_process, wait_until_ready
+    from app.launcher import (
+        free_port,
+        smollm2_path,
+        start_llama_server,
+        stop_process,
+        wait_until_ready,
+    )
 
-    port = _free_port()
+    port = free_port()
     proc = start_llama_server(smollm2_path(), port=port, threads=threads or None,
                               log_file=log_file)
     try:
