@@ -6,7 +6,7 @@ import asyncio
 import hashlib
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -219,6 +219,32 @@ class GenerateResult:
     notes: list[str]
 
 
+def open_run(run_dir: Path, *, retriever: Any, encoder_info: dict[str, Any], llm: LLMConfig,
+             config: GenerateConfig, inputs: Sequence[str], read: dict[str, Any],
+             judge: LinearHeads | None) -> tuple[Callable[..., dict[str, Any]], list[str]]:
+    """Check ``run_dir`` belongs to this configuration; the run's manifest builder (optional
+    ``counts``) and notes for the user. Shared by the local and the Ray engine."""
+    lib = retriever.library
+    fp = fingerprint(config, llm, library_hash=lib.content_hash(),
+                     encoder_hash=str(encoder_info.get("hash", "")),
+                     judge_hash=str(judge.manifest.get("data_hash", "")) if judge else "")
+    earlier = check_run(run_dir, fp)
+    notes = []
+    endpoint = (earlier or {}).get("llm", {}).get("endpoint")
+    if endpoint and endpoint != public_url(llm.base_url):
+        # Not refused (a local server's port may change between sessions), but said out loud.
+        notes.append(f"this run was started against {endpoint}; continuing against "
+                     f"{public_url(llm.base_url)}. If that is another model, use a new run "
+                     "directory.")
+    lib_info = {"name": lib.manifest.name, "version": lib.manifest.version,
+                "content_hash": lib.content_hash()}
+
+    def manifest(counts: dict[str, int] | None = None) -> dict[str, Any]:
+        return run_manifest(fingerprint=fp, library=lib_info, encoder=encoder_info, llm=llm,
+                            config=config, inputs=inputs, read=read, counts=counts)
+    return manifest, notes
+
+
 def generate_run(
     items: Sequence[InputItem],
     run_dir: Path,
@@ -239,25 +265,9 @@ def generate_run(
     Raises ``finetune.io.RunError`` when the directory belongs to another configuration and
     ``guideline_lib.batch.RunStopped`` when the run stopped (rerun to resume).
     """
-    lib = retriever.library
-    fp = fingerprint(config, llm, library_hash=lib.content_hash(),
-                     encoder_hash=str(encoder_info.get("hash", "")),
-                     judge_hash=str(judge.manifest.get("data_hash", "")) if judge else "")
-    earlier = check_run(run_dir, fp)
-    notes = []
-    endpoint = (earlier or {}).get("llm", {}).get("endpoint")
-    if endpoint and endpoint != public_url(llm.base_url):
-        # Not refused (a local server's port may change between sessions), but said out loud.
-        notes.append(f"this run was started against {endpoint}; continuing against "
-                     f"{public_url(llm.base_url)}. If that is another model, use a new run "
-                     "directory.")
-    lib_info = {"name": lib.manifest.name, "version": lib.manifest.version,
-                "content_hash": lib.content_hash()}
-
-    def manifest(counts: dict[str, int] | None = None) -> dict[str, Any]:
-        return run_manifest(fingerprint=fp, library=lib_info, encoder=encoder_info, llm=llm,
-                            config=config, inputs=inputs, read=read or {}, counts=counts)
-
+    manifest, notes = open_run(run_dir, retriever=retriever, encoder_info=encoder_info,
+                               llm=llm, config=config, inputs=inputs, read=read or {},
+                               judge=judge)
     write_run_manifest(run_dir, manifest())
     journal = open_journal(run_dir)
     response_cache = ResponseCache(run_dir / CACHE) if cache else None

@@ -18,15 +18,14 @@ from finetune.generate import (
     GenerateResult,
     GenerateRun,
     answer_record,
-    fingerprint,
     guided_record,
-    run_manifest,
+    open_run,
 )
-from finetune.io import check_run, open_journal, write_run_manifest
+from finetune.io import open_journal, write_run_manifest
 from guide.workspace import Workspace
 from guideline_lib.batch import BatchStats
 from guideline_lib.inputs import InputItem
-from guideline_lib.llm import LLMClient, LLMConfig, public_url
+from guideline_lib.llm import LLMClient, LLMConfig
 from guideline_lib.shards import SHARDS, ShardStore, merge_records
 from judge.model import LinearHeads
 from retriever.search import DenseRetriever
@@ -98,24 +97,9 @@ def generate_run_ray(
     actor opens its own from ``workspace``. Inputs the run's journal or shards already hold
     (failed ones too, unless ``config.retry_failed``) are skipped.
     """
-    lib = retriever.library
-    fp = fingerprint(config, llm, library_hash=lib.content_hash(),
-                     encoder_hash=str(encoder_info.get("hash", "")),
-                     judge_hash=str(judge.manifest.get("data_hash", "")) if judge else "")
-    earlier = check_run(run_dir, fp)
-    notes = []
-    endpoint = (earlier or {}).get("llm", {}).get("endpoint")
-    if endpoint and endpoint != public_url(llm.base_url):
-        notes.append(f"this run was started against {endpoint}; continuing against "
-                     f"{public_url(llm.base_url)}")
-    lib_info = {"name": lib.manifest.name, "version": lib.manifest.version,
-                "content_hash": lib.content_hash()}
-
-    def manifest(counts: dict[str, int] | None = None) -> dict[str, Any]:
-        return run_manifest(fingerprint=fp, library=lib_info, encoder=encoder_info, llm=llm,
-                            config=config, inputs=inputs, read={"engine": "ray"},
-                            counts=counts)
-
+    manifest, notes = open_run(run_dir, retriever=retriever, encoder_info=encoder_info,
+                               llm=llm, config=config, inputs=inputs,
+                               read={"engine": "ray"}, judge=judge)
     write_run_manifest(run_dir, manifest())
     store = ShardStore(run_dir / SHARDS)
     started = time.monotonic()
