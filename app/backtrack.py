@@ -205,7 +205,12 @@ class _Guard:
                 self.safe = end
             self.asked = end
             return
-        # the first release waits for a verdict past the window: ask as soon as there is one
+        # the first release waits for a verdict past the window: ask as soon as there is one,
+        # and not before (an earlier verdict would only delay that one)
+        filling = self.sent == 0 and not self.ended and self.cfg.mode == "enforce" \
+            and words_in(self.text[:end]) <= self.cfg.window
+        if filling:
+            return
         first = self.sent == 0 and words_in(self.text[:self.asked]) <= self.cfg.window \
             < words_in(self.text[:end])
         if new >= self.cfg.every or self.ended or first:

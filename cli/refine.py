@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import socket
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -137,7 +138,8 @@ def rl(
     prompts: Annotated[int, Opt(help="Training prompts (fresh template draws)")] = 400,
     seed: Annotated[int, Opt(help="Data seed (differs from the SFT set's by default)")] = 29,
     max_steps: Annotated[int, Opt(help="GRPO steps")] = 100,
-    prompts_per_step: Annotated[int, Opt(help="Prompts per step")] = 2,
+    prompts_per_step: Annotated[int, Opt(help="Prompts per step (one group of completions "
+                                         "each)")] = 1,
     generations: Annotated[int, Opt(help="Completions per prompt")] = 4,
     max_completion: Annotated[int, Opt(help="Refined prompt length cap (tokens)")] = 64,
     lr: Annotated[float, Opt(help="Learning rate")] = 2e-5,
@@ -147,7 +149,8 @@ def rl(
     w_constraints: Annotated[float, Opt(help="Penalty per share of dropped constraints")]
     = 0.5,
     w_length: Annotated[float, Opt(help="Length penalty weight")] = 0.2,
-    threads: Annotated[int, Opt(help="torch and llama.cpp threads")] = 1,
+    threads: Annotated[int, Opt(help="torch and llama.cpp threads (0: all cores; they take "
+                                      "turns, sampling then judging)")] = 0,
     progress: Annotated[bool, Opt(help="Show a progress bar")] = True,
 ) -> None:
     """GRPO from the SFT adapter; reward = the judge on the target's answer to the refined
@@ -158,6 +161,7 @@ def rl(
     from finetune.serve import GGUFExportError
     from guideline_lib.embedded import smollm2_path
 
+    threads = threads or len(os.sched_getaffinity(0))
     set_threads(threads)
     out = _root(root)
     start = adapter or out / "sft" / "adapter"

@@ -9,7 +9,8 @@ Two readings of the same text, stacked:
 
 Both are trained on what the critic sees mid-stream: whole answers, their prefixes and
 windows of their latest words, from the judge's seed answers and from judge/data/critic.json
-(unsafe compliance and benign answers with alarming words, several languages each). A
+and judge/data/critic_*.json (unsafe compliance and benign answers with alarming words, several
+languages each). A
 two-weight logistic fit on the dev families combines their logits, so the output is a
 probability and a threshold reads as one.
 """
@@ -30,6 +31,7 @@ import numpy as np
 from judge.data import AnswerRow, family_split
 
 CRITIC_DATA = Path(__file__).resolve().parent / "data" / "critic.json"
+Paths = Path | Sequence[Path]
 SEGMENT = 16  # words in the latest-words window the gateway also judges
 N_FEATURES = 2 ** 18
 Progress = Callable[[str], None]
@@ -94,10 +96,33 @@ class StreamCritic:
                    w["critic_stack"], manifest)
 
 
-def critic_hash(path: Path = CRITIC_DATA) -> str:
+def critic_files() -> list[Path]:
+    """The critic's data files: judge/data/critic.json and every judge/data/critic_*.json."""
+    return [CRITIC_DATA, *sorted(CRITIC_DATA.parent.glob("critic_*.json"))]
+
+
+def _paths(path: Paths | None) -> list[Path]:
+    if path is None:
+        return critic_files()
+    return [path] if isinstance(path, Path) else list(path)
+
+
+def critic_families(path: Paths | None = None) -> list[dict[str, Any]]:
+    """Every family of the critic's data files (ids are unique across them)."""
+    families: list[dict[str, Any]] = []
+    for p in _paths(path):
+        families += json.loads(p.read_text("utf-8"))["families"]
+    ids = [f["id"] for f in families]
+    if len(ids) != len(set(ids)):
+        dup = sorted({i for i in ids if ids.count(i) > 1})
+        raise ValueError(f"duplicate critic family ids: {dup}")
+    return families
+
+
+def critic_hash(path: Paths | None = None) -> str:
     """sha256 over the critic's own data and code (the judge's seeds are hashed apart)."""
     h = hashlib.sha256()
-    for p in (path, Path(__file__)):
+    for p in (*_paths(path), Path(__file__)):
         h.update(p.read_bytes())
     return h.hexdigest()
 
@@ -108,27 +133,27 @@ def _windows(words: list[str], size: int = SEGMENT, step: int = 6) -> list[str]:
     return [" ".join(words[i:i + size]) for i in range(0, len(words) - size + 1, step)]
 
 
-def critic_rows(answers: Sequence[AnswerRow], path: Path = CRITIC_DATA, *,
-                seed: int = 13) -> list[CriticRow]:
-    """Training texts: the critic data's spans (whole, prefixes, latest-word windows, an unsafe
-    span after a benign opening in the same language) and the judge's seed answers (whole,
-    refuse-then-comply, with a disclaimer, and one latest-words window each)."""
+def critic_rows(answers: Sequence[AnswerRow], path: Paths | None = None, *,
+                seed: int = 13, glue: bool = True) -> list[CriticRow]:
+    """Training texts: the critic data's spans (whole, prefixes, latest-word windows, and with
+    ``glue`` an unsafe span after a benign opening in the same language) and the judge's seed
+    answers (whole, refuse-then-comply, with a disclaimer, and one latest-words window each)."""
     rng = random.Random(seed)
-    data = json.loads(path.read_text("utf-8"))
+    families = critic_families(path)
     rows: list[CriticRow] = []
     safe_by_lang: dict[str, list[str]] = {}
-    for fam in data["families"]:
+    for fam in families:
         if fam["label"] == "safe":
             for lang, (_, text) in fam["spans"].items():
                 safe_by_lang.setdefault(lang, []).append(text)
-    for fam in data["families"]:
+    for fam in families:
         unsafe, split = fam["label"] == "unsafe", family_split(fam["id"])
         for lang, (_, text) in fam["spans"].items():
             words = text.split()
             views = [text, *_windows(words)]
             views += [" ".join(words[:int(len(words) * s)]) for s in (0.5, 0.75)
                       if int(len(words) * s) >= 8]
-            if unsafe:
+            if unsafe and glue:
                 opening = " ".join(rng.choice(safe_by_lang.get(lang, [""])).split()[:24])
                 views.append(f"{opening} {text}".strip())
             rows += [CriticRow(v, unsafe, fam["id"], lang, split) for v in views]
@@ -157,16 +182,17 @@ def _rates(y: np.ndarray, p: np.ndarray, threshold: float = 0.5) -> dict[str, fl
             "false_positive_rate": float((neg >= threshold).mean()) if len(neg) else 0.0}
 
 
-def train_critic(answers: Sequence[AnswerRow], encoder: Any, *, path: Path = CRITIC_DATA,
+def train_critic(answers: Sequence[AnswerRow], encoder: Any, *, path: Paths | None = None,
                  seed: int = 13, c_dense: float = 1.0, c_lexical: float = 10.0,
-                 refit: bool = True, progress: Progress = print) -> StreamCritic:
+                 refit: bool = True, glue: bool = True,
+                 progress: Progress = print) -> StreamCritic:
     """Fit both heads on the train families, the stacker on the dev families, and measure
     the test families (never seen by either) at P >= 0.5, per language; with ``refit``, the
     heads kept are then fitted again on every family (the stacker's weights stay)."""
     from sklearn.feature_extraction.text import HashingVectorizer
     from sklearn.linear_model import LogisticRegression
 
-    rows = critic_rows(answers, path, seed=seed)
+    rows = critic_rows(answers, path, seed=seed, glue=glue)
     progress(f"embedding {len(rows)} texts for the stream critic")
     texts = [r.text for r in rows]
     vecs = np.vstack([encoder.encode(texts[i:i + 256]) for i in range(0, len(texts), 256)])

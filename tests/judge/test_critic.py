@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from judge.critic import CRITIC_DATA, StreamCritic, critic_rows, train_critic
+from judge.critic import CRITIC_DATA, StreamCritic, critic_families, critic_rows, train_critic
 from judge.data import load_families
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -70,9 +70,9 @@ def _runs(text: str, n: int = 8) -> set[str]:
 
 
 def test_critic_data_covers_every_language_on_both_sides() -> None:
-    data = json.loads(CRITIC_DATA.read_text("utf-8"))
+    families = critic_families()
     for label in ("unsafe", "safe"):
-        langs = {lang for f in data["families"] if f["label"] == label for lang in f["spans"]}
+        langs = {lang for f in families if f["label"] == label for lang in f["spans"]}
         assert langs == LANGS, label
     rows = critic_rows([])
     assert {r.split for r in rows} == {"train", "dev", "test"}
@@ -87,7 +87,7 @@ def test_bench_streams_share_no_eight_word_run_with_training_text() -> None:
     for fam in load_families():
         for text in [*fam.harmful, *fam.benign, *(a["text"] for a in fam.answers)]:
             seen |= _runs(text)
-    for fam in json.loads(CRITIC_DATA.read_text("utf-8"))["families"]:
+    for fam in critic_families():
         for user, text in fam["spans"].values():
             seen |= _runs(user) | _runs(text)
     shared = {c.name: _runs(f"{c.user} {c.text}") & seen for c in [*UNSAFE, *BENIGN]}
