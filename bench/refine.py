@@ -51,6 +51,16 @@ def mechanics(root: Path) -> dict[str, Any]:
     return out
 
 
+def without_examples(figures: dict[str, Any]) -> dict[str, Any]:
+    """The figures less the example rewrites: their originals are evaluation prompts, which
+    stay out of the repository (`refine evaluate --json` keeps them, under var/)."""
+    for variant in figures.get("variants", {}).values():
+        for per_set in variant.values():
+            if isinstance(per_set, dict):
+                per_set.pop("examples", None)
+    return figures
+
+
 def main() -> None:
     """Evaluate, print the table, save the figures (and the reward plot)."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -70,7 +80,7 @@ def main() -> None:
              "--threads", str(args.threads), "--json", str(report)], cwd=ROOT, env=ENV)
         if code:
             raise SystemExit(f"`refine evaluate` failed ({code})")
-        figures = json.loads(report.read_text("utf-8"))
+        figures = without_examples(json.loads(report.read_text("utf-8")))
     results = {"machine": machine(), "args": {k: str(v) for k, v in vars(args).items()},
                "seconds": round(time.monotonic() - started, 1),
                "mechanics": mechanics(args.root), **figures}
