@@ -187,6 +187,17 @@ def _replace_latest(messages: Sequence[dict[str, Any]], index: int, text: str) -
     return out
 
 
+def _viewed_with(messages: Sequence[dict[str, Any]], index: int, text: str) -> Messages:
+    """``messages`` with ``text`` as one more user turn after the turn at ``index``: retrieval
+    and prompt risk see the user's own words and the rewrite, so a rewrite in milder words
+    cannot hide what was asked from the gate and the safety guidelines."""
+    out = list(messages)
+    turn = copy.copy(out[index])
+    turn["content"] = text
+    out.insert(index + 1, turn)
+    return out
+
+
 # Why a rewrite was not used, for the log line.
 _REJECTED = {"empty": "the refiner returned nothing", "refusal": "the refiner refused",
              "answer": "the refiner answered the request instead of rewriting it",
@@ -249,7 +260,8 @@ async def refine_request(
     rewritten = _replace_latest(conversation, index, refined)
     use = "rewrite" if mode == "rewrite" or (
         mode == "auto" and score is not None and score >= risk_threshold) else "retrieve"
-    return _logged(_with(done, refined=refined, applied=use, retrieval=rewritten,
+    return _logged(_with(done, refined=refined, applied=use,
+                         retrieval=_viewed_with(conversation, index, refined),
                          upstream=rewritten if use == "rewrite" else conversation), log_texts)
 
 

@@ -1,7 +1,8 @@
 """Measuring refiners: refinement off / SFT / RL on benign, harmful and jailbreak-wrapped prompts.
 
 For each variant and set: the response judge's labels of the target's answers to the refined
-conversation, judged against the ORIGINAL one; whether retrieval on the refined text brings a
+conversation, judged against the ORIGINAL one; whether retrieval as the gateway does it (the
+user's words and the rewrite, `app.refiner.refine_request`'s `retrieval`) brings a
 safety guideline (a hit for harmful prompts, over-triggering for benign ones); intent kept
 (cosine of original and refined under the serving encoder, and constraints kept); and the
 refinement's added latency. The public sets are read for measuring only (test halves).
@@ -92,12 +93,14 @@ async def evaluate_variant(sets: dict[str, list[Messages]], refine: RefineFn | N
     out: dict[str, Any] = {}
     for name, convs in sets.items():
         refined_convs: list[Messages] = []
+        queries: list[Messages | None] = []  # what the guide step views (None: the original)
         refined_texts: list[str | None] = []
         outcomes: Counter[str] = Counter()
         latencies: list[float] = []
         for conv in convs:
             if refine is None:
                 refined_convs.append(conv)
+                queries.append(None)
                 refined_texts.append(None)
                 outcomes["off"] += 1
                 continue
@@ -106,13 +109,12 @@ async def evaluate_variant(sets: dict[str, list[Messages]], refine: RefineFn | N
             latencies.append((time.perf_counter() - started) * 1000)
             outcomes[r.outcome] += 1
             refined_convs.append(list(r.upstream))
+            queries.append(list(r.retrieval) if r.refined is not None else None)
             refined_texts.append(r.refined)
         answers = await asyncio.to_thread(target.answer, refined_convs)
         verdicts = judge_batch(convs, answers, retriever, judge)
         guidance = guide_batch(convs, retriever, [policy] * len(convs), judge=judge,
-                               queries=[rc if t is not None else None
-                                        for rc, t in zip(refined_convs, refined_texts,
-                                                         strict=True)])
+                               queries=queries)
         safety = [any(h.kind == "safety" for h in g.hits) for g in guidance]
         pairs = [(latest_user(c), t) for c, t in zip(convs, refined_texts, strict=True)
                  if t is not None]
