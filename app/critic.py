@@ -12,16 +12,15 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
+
 from guide.batching import BatchWorker
 from guide.judging import judge_batch
-from guideline_lib.taxonomy import SAFETY_IDS
-from judge.model import LABELS, LinearHeads, Verdict
+from guide.step import latest_user_text
+from judge.model import LABELS, LinearHeads, Verdict, answer_views, response_features
 from retriever.types import Retriever
 
 Ask = tuple[Sequence[dict[str, Any]], str]
-# answers the stream critic scores at least this unsafe also get the response judge's verdict,
-# for the categories a retraction names
-CATEGORY_FLOOR = 0.2
 
 
 class BatchingCritic(BatchWorker[Ask, Verdict]):
@@ -70,33 +69,46 @@ class BatchingCritic(BatchWorker[Ask, Verdict]):
 
     def _critic_sync(self, payloads: list[Ask]) -> list[Verdict]:
         """The stream critic's P(unsafe) (the more unsafe of the whole answer and its latest
-        ``segment`` words) with, where it is not low, the response judge's categories."""
+        ``segment`` words), stacked with the response judge's reading of each as the answer
+        to the latest request where the critic was trained so; the categories and the
+        refusal/useful split are the response judge's on the whole answer."""
         critic = self.judge_heads.critic
         assert critic is not None
-        texts, owner = [], []
+        prompts = [latest_user_text(messages) for messages, _ in payloads]
+        views, owner = [], []  # what the critic reads: the answer, then its latest words
         for n, (_, answer) in enumerate(payloads):
             words = answer.split()
-            texts.append(answer)
+            views.append(answer)
             owner.append(n)
             if self.segment and len(words) > self.segment:
-                texts.append(" ".join(words[-self.segment:]))
+                views.append(" ".join(words[-self.segment:]))
                 owner.append(n)
-        probs = critic.unsafe(self.retriever.encode([(t,) for t in texts]), texts)
+        tails = [answer_views(answer)[1] for _, answer in payloads]
+        unique = list(dict.fromkeys([*views, *tails, *prompts]))
+        at = {t: i for i, t in enumerate(unique)}
+        vecs = self.retriever.encode([(t,) for t in unique])
+
+        def rows(texts: Sequence[str]) -> np.ndarray:
+            return vecs[[at[t] for t in texts]]
+
+        whole = response_features(rows(prompts), rows([a for _, a in payloads]), rows(tails))
+        base = self.judge_heads.verdicts(whole)
+        judged = None
+        if critic.reads_response:
+            # a latest-words view is short enough to be its own tail
+            view_tails = [tails[n] if v == payloads[n][1] else v
+                          for v, n in zip(views, owner, strict=True)]
+            judged = self.judge_heads.unsafe_logits(response_features(
+                rows([prompts[n] for n in owner]), rows(views), rows(view_tails)))
+        probs = critic.unsafe(rows(views), views, judged)
         unsafe = [0.0] * len(payloads)
         for n, p in zip(owner, probs.tolist(), strict=True):
             unsafe[n] = max(unsafe[n], p)
-        suspect = [n for n, p in enumerate(unsafe) if p >= CATEGORY_FLOOR]
-        judged = dict(zip(suspect, judge_batch(
-            [payloads[n][0] for n in suspect], [payloads[n][1] for n in suspect],
-            self.retriever, self.judge_heads), strict=True)) if suspect else {}
         out = []
-        for n, p in enumerate(unsafe):
-            base = judged.get(n)
-            rest = {"refusal": 0.0, "useful": 1.0} if base is None else {
-                k: base.scores[k] for k in ("refusal", "useful")}
+        for p, verdict in zip(unsafe, base, strict=True):
+            rest = {k: verdict.scores[k] for k in ("refusal", "useful")}
             norm = sum(rest.values()) or 1.0
             scores = {"unsafe": p} | {k: (1.0 - p) * v / norm for k, v in rest.items()}
             label = max(LABELS, key=lambda k: scores[k])
-            out.append(Verdict(label, scores, dict.fromkeys(SAFETY_IDS, 0.0) if base is None
-                               else base.categories))
+            out.append(Verdict(label, scores, verdict.categories))
         return out

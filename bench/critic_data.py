@@ -1,6 +1,8 @@
 """The stream critic against its training data: trained on judge/data/critic.json alone vs on
 every critic file, both scored on the test families of every file (the judge's family split by
-id, so no head of either critic saw them), per language, at a few thresholds.
+id, so no head of either critic saw them), per language, at a few thresholds; and the
+critic on every file stacked with the response judge of the workspace (var/judge), which reads
+the request too (trained on the judge's seed families: their test families are test here).
 
     .venv/bin/python bench/critic_data.py [--thresholds 0.5,0.7] [--out [PATH]]
 
@@ -11,6 +13,7 @@ heads are fitted without the final refit on every family, so test families stay 
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from pathlib import Path
 from typing import Any
@@ -24,6 +27,7 @@ from app.config import Settings
 from bench.common import add_out_argument, machine, save_results
 from judge.critic import CRITIC_DATA, critic_files, critic_rows, train_critic
 from judge.data import answer_rows, load_families
+from judge.model import load_heads, response_logits
 from judge.prepare import SEEDS
 
 console = Console(width=150)
@@ -63,11 +67,16 @@ def main() -> None:
     y = np.array([r.unsafe for r in test])
     english = np.array([r.lang == "en" for r in test])
     rows = []
-    for name, files in (("critic.json", [CRITIC_DATA]), ("all critic files", critic_files())):
+    read = functools.partial(response_logits, load_heads(settings.judge_path))
+    judged = read(encoder.encode, [r.prompt for r in test], texts)
+    for name, files, response in (("critic.json", [CRITIC_DATA], None),
+                                  ("all critic files", critic_files(), None),
+                                  ("all critic files + response judge", critic_files(), read)):
         console.print(f"training on {name}")
-        critic = train_critic(answers, encoder, path=files, refit=False,
+        critic = train_critic(answers, encoder, path=files, refit=False, response=response,
                               progress=lambda _: None)
-        p = critic.unsafe(encoder.encode(texts), texts)
+        p = critic.unsafe(encoder.encode(texts), texts,
+                          judged if critic.reads_response else None)
         for t in (float(x) for x in args.thresholds.split(",")):
             hit = p >= t
             rows.append({"trained_on": name, "threshold": t, **_rates(hit, y),

@@ -7,12 +7,15 @@ Two readings of the same text, stacked:
   (``HashingVectorizer(analyzer="char_wb", ngram_range=(3, 5))``), which reads Spanish,
   French, German, Italian and Portuguese as well as English.
 
-Both are trained on what the critic sees mid-stream: whole answers, their prefixes and
+With a response judge to lean on (the judge's response head, which reads the user's request as
+well as the answer, English only), its unsafe logit is a third input.
+
+The heads are trained on what the critic sees mid-stream: whole answers, their prefixes and
 windows of their latest words, from the judge's seed answers and from judge/data/critic.json
 and judge/data/critic_*.json (unsafe compliance and benign answers with alarming words, several
 languages each). A
-two-weight logistic fit on the dev families combines their logits, so the output is a
-probability and a threshold reads as one.
+logistic fit on the dev families (which neither head nor the response judge trained on)
+combines the logits, so the output is a probability and a threshold reads as one.
 """
 
 from __future__ import annotations
@@ -35,22 +38,28 @@ Paths = Path | Sequence[Path]
 SEGMENT = 16  # words in the latest-words window the gateway also judges
 N_FEATURES = 2 ** 18
 Progress = Callable[[str], None]
+Encode = Callable[[list[str]], np.ndarray]
+# the response judge's unsafe logit per (prompt, answer): judge.model.response_logits, bound
+Response = Callable[[Encode, Sequence[str], Sequence[str]], np.ndarray]
 
 
 @dataclass(frozen=True)
 class CriticRow:
-    """One text the critic learns from: unsafe or not, its family (for the split) and language."""
+    """One text the critic learns from: unsafe or not, its family (for the split), language
+    and the request it answers."""
 
     text: str
     unsafe: bool
     family: str
     lang: str
     split: str
+    prompt: str = ""
 
 
 @dataclass(frozen=True)
 class StreamCritic:
-    """Weights of both heads and the stacker: P = sigmoid(s0 * dense + s1 * lexical + s2)."""
+    """Weights of both heads and the stacker: P = sigmoid(s0 * dense + s1 * lexical + s2), or
+    with the response judge, sigmoid(s0 * dense + s1 * lexical + s2 * response + s3)."""
 
     dense_w: np.ndarray  # (dim,)
     dense_b: float
@@ -74,10 +83,21 @@ class StreamCritic:
         """The embedding head's logit per embedded text."""
         return vectors @ self.dense_w + self.dense_b
 
-    def unsafe(self, vectors: np.ndarray, texts: Sequence[str]) -> np.ndarray:
-        """P(unsafe) per text, given its embedding."""
+    @property
+    def reads_response(self) -> bool:
+        """Whether the stacker also takes the response judge's unsafe logit."""
+        return len(self.stack) == 4
+
+    def unsafe(self, vectors: np.ndarray, texts: Sequence[str],
+               response: np.ndarray | None = None) -> np.ndarray:
+        """P(unsafe) per text, given its embedding (and, for a critic that reads it, the
+        response judge's unsafe logit for the text as the answer to its request)."""
         z = (self.stack[0] * self.dense_logits(vectors)
-             + self.stack[1] * self.lexical_logits(texts) + self.stack[2])
+             + self.stack[1] * self.lexical_logits(texts) + self.stack[-1])
+        if self.reads_response:
+            if response is None:
+                raise ValueError("this critic stacks the response judge: pass its logits")
+            z = z + self.stack[2] * np.asarray(response)
         return 1.0 / (1.0 + np.exp(-z))
 
     def arrays(self) -> dict[str, np.ndarray]:
@@ -148,7 +168,7 @@ def critic_rows(answers: Sequence[AnswerRow], path: Paths | None = None, *,
                 safe_by_lang.setdefault(lang, []).append(text)
     for fam in families:
         unsafe, split = fam["label"] == "unsafe", family_split(fam["id"])
-        for lang, (_, text) in fam["spans"].items():
+        for lang, (prompt, text) in fam["spans"].items():
             words = text.split()
             views = [text, *_windows(words)]
             views += [" ".join(words[:int(len(words) * s)]) for s in (0.5, 0.75)
@@ -156,16 +176,38 @@ def critic_rows(answers: Sequence[AnswerRow], path: Paths | None = None, *,
             if unsafe and glue:
                 opening = " ".join(rng.choice(safe_by_lang.get(lang, [""])).split()[:24])
                 views.append(f"{opening} {text}".strip())
-            rows += [CriticRow(v, unsafe, fam["id"], lang, split) for v in views]
+            rows += [CriticRow(v, unsafe, fam["id"], lang, split, prompt) for v in views]
     for a in answers:
         if a.form not in ("seed", "refuse_then_comply", "disclaimer"):
             continue
-        rows.append(CriticRow(a.answer, a.label == "unsafe", a.family, "en", a.split))
+        prompt = _request(a.messages)
+        rows.append(CriticRow(a.answer, a.label == "unsafe", a.family, "en", a.split, prompt))
         words = a.answer.split()
         if a.form == "seed" and len(words) > SEGMENT:
             rows.append(CriticRow(" ".join(words[-SEGMENT:]), a.label == "unsafe", a.family,
-                                  "en", a.split))
+                                  "en", a.split, prompt))
     return rows
+
+
+def _request(messages: Sequence[dict[str, Any]]) -> str:
+    """The latest user turn of a seed conversation (plain string contents)."""
+    return next((str(m.get("content") or "") for m in reversed(messages)
+                 if m.get("role") == "user"), "")
+
+
+class _Cached:
+    """An encoder's ``encode`` with each distinct text embedded once."""
+
+    def __init__(self, encoder: Any):
+        self.encoder = encoder
+        self.vectors: dict[str, np.ndarray] = {}
+
+    def __call__(self, texts: list[str]) -> np.ndarray:
+        missing = [t for t in dict.fromkeys(texts) if t not in self.vectors]
+        for i in range(0, len(missing), 256):
+            batch = missing[i:i + 256]
+            self.vectors.update(zip(batch, self.encoder.encode(batch), strict=True))
+        return np.vstack([self.vectors[t] for t in texts])
 
 
 def _fit(x: Any, y: np.ndarray, c: float, seed: int) -> tuple[np.ndarray, float]:
@@ -184,18 +226,21 @@ def _rates(y: np.ndarray, p: np.ndarray, threshold: float = 0.5) -> dict[str, fl
 
 def train_critic(answers: Sequence[AnswerRow], encoder: Any, *, path: Paths | None = None,
                  seed: int = 13, c_dense: float = 1.0, c_lexical: float = 10.0,
-                 refit: bool = True, glue: bool = True,
+                 refit: bool = True, glue: bool = True, response: Response | None = None,
                  progress: Progress = print) -> StreamCritic:
-    """Fit both heads on the train families, the stacker on the dev families, and measure
-    the test families (never seen by either) at P >= 0.5, per language; with ``refit``, the
-    heads kept are then fitted again on every family (the stacker's weights stay)."""
+    """Fit both heads on the train families, the stacker on the dev families (with
+    ``response``, also on the response judge's logit for each text as the answer to its
+    request), and measure the test families (never seen by either) at P >= 0.5, per language;
+    with ``refit``, the heads kept are then fitted again on every family (the stacker's
+    weights stay)."""
     from sklearn.feature_extraction.text import HashingVectorizer
     from sklearn.linear_model import LogisticRegression
 
     rows = critic_rows(answers, path, seed=seed, glue=glue)
     progress(f"embedding {len(rows)} texts for the stream critic")
     texts = [r.text for r in rows]
-    vecs = np.vstack([encoder.encode(texts[i:i + 256]) for i in range(0, len(texts), 256)])
+    encode = _Cached(encoder)
+    vecs = encode(texts)
     y = np.array([r.unsafe for r in rows], dtype=int)
     split = np.array([r.split for r in rows])
     lex = HashingVectorizer(analyzer="char_wb", ngram_range=(3, 5), n_features=N_FEATURES,
@@ -203,14 +248,21 @@ def train_critic(answers: Sequence[AnswerRow], encoder: Any, *, path: Paths | No
     train, dev, test = (split == "train"), (split == "dev"), (split == "test")
     dense_w, dense_b = _fit(vecs[train], y[train], c_dense, seed)
     lex_w, lex_b = _fit(lex[train], y[train], c_lexical, seed)
-    logits = np.column_stack([vecs @ dense_w + dense_b,
-                              np.asarray(lex @ lex_w).ravel() + lex_b])
+    columns = [vecs @ dense_w + dense_b, np.asarray(lex @ lex_w).ravel() + lex_b]
     fit_on = dev if len(set(y[dev].tolist())) == 2 else train  # a tiny data set may lack dev
+    scored = fit_on | dev | test
+    judged = np.zeros(len(rows))
+    if response is not None:  # only the rows the stacker fits or the metrics read
+        progress(f"asking the response judge about {int(scored.sum())} texts")
+        at = np.flatnonzero(scored)
+        judged[at] = response(encode, [rows[i].prompt for i in at], [texts[i] for i in at])
+        columns.append(judged)
+    logits = np.column_stack(columns)
     stacker = LogisticRegression(C=1.0, max_iter=1000, random_state=seed).fit(
         logits[fit_on], y[fit_on])
     stack = np.array([*stacker.coef_[0], stacker.intercept_[0]], dtype=np.float64)
     critic = StreamCritic(dense_w, dense_b, lex_w, lex_b, stack)
-    p = critic.unsafe(vecs, texts)
+    p = critic.unsafe(vecs, texts, judged if response is not None else None)
     langs = sorted({r.lang for r in rows})
     lang = np.array([r.lang for r in rows])
     metrics: dict[str, Any] = {"test": _rates(y[test], p[test]),
@@ -222,7 +274,8 @@ def train_critic(answers: Sequence[AnswerRow], encoder: Any, *, path: Paths | No
         lex_w, lex_b = _fit(lex, y, c_lexical, seed)
     manifest = {"rows": {s: int((split == s).sum()) for s in ("train", "dev", "test")},
                 "stack": stack.tolist(), "metrics": metrics, "critic_hash": critic_hash(path),
-                "c_dense": c_dense, "c_lexical": c_lexical, "refit": refit}
+                "c_dense": c_dense, "c_lexical": c_lexical, "refit": refit,
+                "response": response is not None}
     t = metrics["test"]
     progress(f"stream critic: test recall {t['recall']:.3f}, false positives "
              f"{t['false_positive_rate']:.3f} at P >= 0.5")

@@ -13,7 +13,7 @@ as breakpoints and applied with ``np.interp``), so a threshold means a probabili
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -188,6 +188,12 @@ class LinearHeads:
         return out
 
     # -- response judge -----------------------------------------------------------------
+    def unsafe_logits(self, features: np.ndarray) -> np.ndarray:
+        """log P(unsafe) / (1 - P(unsafe)) per row of ``response_features``."""
+        p = _softmax(features @ self.resp_w.T + self.resp_b)[:, LABELS.index("unsafe")]
+        p = np.clip(p, 1e-6, 1.0 - 1e-6)
+        return np.log(p / (1.0 - p))
+
     def verdicts(self, features: np.ndarray) -> list[Verdict]:
         """One Verdict per row of ``response_features``."""
         probs = _softmax(features @ self.resp_w.T + self.resp_b)
@@ -195,6 +201,16 @@ class LinearHeads:
         return [Verdict(LABELS[int(p.argmax())], dict(zip(LABELS, p.tolist(), strict=True)),
                         dict(zip(SAFETY_IDS, c.tolist(), strict=True)))
                 for p, c in zip(probs, cats, strict=True)]
+
+
+def response_logits(heads: LinearHeads, encode: Callable[[list[str]], np.ndarray],
+                    prompts: Sequence[str], answers: Sequence[str]) -> np.ndarray:
+    """The response judge's unsafe logit, log P(unsafe) / (1 - P(unsafe)), per (prompt,
+    answer) pair; ``encode`` embeds a list of texts (the stream critic stacks these)."""
+    tails = [answer_views(a)[1] for a in answers]
+    n = len(answers)
+    vecs = encode([*prompts, *answers, *tails])
+    return heads.unsafe_logits(response_features(vecs[:n], vecs[n:2 * n], vecs[2 * n:]))
 
 
 def answer_views(answer: str) -> tuple[str, str]:

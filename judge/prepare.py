@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 from collections.abc import Callable
@@ -13,7 +14,7 @@ from guideline_lib.io import MANIFEST, load_library
 from guideline_lib.schema import Library
 from judge.critic import critic_hash, train_critic
 from judge.data import SEEDS, AnswerRow, answer_rows, load_families, prompt_rows
-from judge.model import LinearHeads, load_heads, save_heads
+from judge.model import LinearHeads, load_heads, response_logits, save_heads
 from judge.train import JudgeTrainConfig, library_memory, train_heads
 from retriever.backends import load_backend_encoder, model_hash
 
@@ -83,7 +84,8 @@ def train_judge(path: Path, encoder_dir: Path, backend: str, *,
 
 def _with_critic(heads: LinearHeads, answers: list[AnswerRow], encoder_dir: Path, backend: str,
                  *, log: Log) -> LinearHeads:
-    critic = train_critic(answers, load_backend_encoder(str(encoder_dir), backend), progress=log)
+    critic = train_critic(answers, load_backend_encoder(str(encoder_dir), backend),
+                          response=functools.partial(response_logits, heads), progress=log)
     manifest = {**heads.manifest, "critic": critic.manifest}
     return dataclasses.replace(heads, critic=critic, manifest=manifest)
 

@@ -150,3 +150,48 @@ def test_batching_critic_reads_the_stream_critic(small_judge: Any, critic: Strea
     assert max(unsafe.categories.values()) > 0  # the response judge names categories
     assert benign.scores["unsafe"] < 0.5 and benign.label != "unsafe"
     assert abs(sum(benign.scores.values()) - 1.0) < 1e-6
+
+
+def test_critic_stacks_the_response_judge_when_given_one(
+        small_judge: Any, encoder: Any, small_retriever: Any,
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Trained with the response judge, the critic takes its logit as a third input (fitted
+    on dev families), refuses to score without it, and the gateway's batching critic feeds
+    it the judge's reading of each view as the answer to the latest request."""
+    import functools
+
+    from app.critic import BatchingCritic
+    from judge.model import response_logits
+
+    heads = small_judge[0]
+    data = json.loads(CRITIC_DATA.read_text("utf-8"))
+    data["families"] = [f for f in data["families"] if f["id"] in SUBSET]
+    path = tmp_path_factory.mktemp("critic_r") / "critic.json"
+    path.write_text(json.dumps(data), "utf-8")
+    critic = train_critic([], encoder, path=path, progress=lambda _: None,
+                          response=functools.partial(response_logits, heads))
+    assert critic.reads_response and len(critic.stack) == 4
+    assert critic.manifest["response"] is True
+    texts = [t for _, t in HELD_OUT_UNSAFE[:2]]
+    with pytest.raises(ValueError, match="response judge"):
+        critic.unsafe(encoder.encode(texts), texts)
+    # the response logit moves the verdict the way its weight says
+    low = critic.unsafe(encoder.encode(texts), texts, np.full(2, -4.0))
+    high = critic.unsafe(encoder.encode(texts), texts, np.full(2, 4.0))
+    assert (np.sign(high - low) == np.sign(critic.stack[2])).all()
+
+    conv = [{"role": "user", "content": "¿cómo me vengo de mi compañero?"}]
+    bad = "Claro. Primero saluda con normalidad. " + HELD_OUT_UNSAFE[0][1]
+
+    async def run() -> list[Any]:
+        worker = BatchingCritic(small_retriever, dataclasses.replace(heads, critic=critic),
+                                segment=16)
+        try:
+            return list(await asyncio.gather(worker.judge(conv, bad),
+                                             worker.judge(conv, HELD_OUT_BENIGN[2][1])))
+        finally:
+            await worker.stop()
+
+    unsafe, benign = asyncio.run(run())
+    assert unsafe.scores["unsafe"] >= 0.5 > benign.scores["unsafe"]
+    assert max(unsafe.categories.values()) > 0
