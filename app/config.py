@@ -107,8 +107,8 @@ class Settings(Workspace):
     reload_grace: float = Field(300.0, ge=0.0)
 
     # stream backtracking (docs/backtracking.md): the judge's stream critic is the critic. Off by
-    # default until it is good enough: bench/backtrack.py measures it retracting 43 % of its
-    # scripted benign streams (11 of 16 real SmolLM2 answers) while 6 % of its unsafe ones leak.
+    # default until it is good enough: bench/backtrack.py measures it retracting 35 % of its
+    # scripted benign streams (2 of 16 real SmolLM2 answers) while 10 % of its unsafe ones leak.
     backtrack: Literal["off", "monitor", "enforce"] = "off"
     # words held back from the client (chosen with bench/backtrack.py)
     backtrack_window: int = Field(16, ge=0, le=BACKTRACK_WINDOW_MAX)

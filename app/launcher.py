@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import signal
@@ -9,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -61,6 +63,23 @@ def start_llama_server(
                                 start_new_session=True)
     with open(log_file, "ab") as out:  # the child keeps its own copy of the descriptor
         return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+@contextlib.contextmanager
+def smollm2_server(base_url: str | None = None, *, threads: int | None = None,
+                   log_file: Path | None = None, timeout: float = 300.0) -> Iterator[str]:
+    """``base_url``, or a llama.cpp server on SmolLM2 started for the block: its /v1 URL."""
+    if base_url:
+        yield base_url
+        return
+    port = free_port()
+    proc = start_llama_server(smollm2_path(), port=port, threads=threads, log_file=log_file)
+    try:
+        url = f"http://127.0.0.1:{port}/v1"
+        wait_until_ready(f"{url}/models", timeout=timeout, proc=proc)
+        yield url
+    finally:
+        stop_process(proc)
 
 
 def wait_until_ready(url: str, *, timeout: float = 120.0,

@@ -1,4 +1,4 @@
-"""`guide-align judge ...`: train, evaluate, export, classify."""
+"""`guide-align judge ...`: train, evaluate, export, classify, upstream-spans."""
 
 from __future__ import annotations
 
@@ -62,6 +62,30 @@ def train(
     console.print(_metrics_table(metrics, "test split (prompts of unseen families; "
                                           "memory_test: the library's test examples)"))
     console.print(f"saved {ws.judge_path}")
+
+
+@app.command("upstream-spans")
+def upstream_spans(
+    base_url: Annotated[str | None, Opt(help="An OpenAI-compatible /v1 URL to ask (your own "
+                                        "upstream); default: the embedded SmolLM2, started "
+                                        "for the run")] = None,
+    model: Annotated[str, Opt(help="Model name sent with --base-url")] = "smollm2",
+    max_tokens: Annotated[int, Opt()] = 120,
+    prompts: Annotated[Path | None, Opt(help="JSON list of harmless questions (default: "
+                                        "judge/data/upstream_prompts.json)")] = None,
+    out: Annotated[Path | None, Opt("-o", "--out", help="Critic data file (default: "
+                                    "judge/data/critic_upstream.json)")] = None,
+) -> None:
+    """Write the upstream's answers to harmless questions as benign stream-critic data, so the
+    critic learns what the model it watches writes (resumable); then run `guide-align
+    prepare` to retrain the critic."""
+    from app.launcher import smollm2_server
+    from judge.upstream_spans import OUT, PROMPTS, collect
+
+    questions = json.loads((prompts or PROMPTS).read_text("utf-8"))
+    with smollm2_server(base_url, timeout=180) as url:
+        data = collect(questions, out or OUT, base_url=url, model=model, max_tokens=max_tokens)
+    console.print(f"wrote {len(data['families'])} families to {out or OUT}")
 
 
 @app.command()

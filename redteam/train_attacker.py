@@ -367,29 +367,12 @@ class CompareConfig:
     report: Path | None = None  # attacker.json and attacker.png go there (None: out/compare)
 
 
-@contextlib.contextmanager
-def local_target(upstream: str | None, *, threads: int, log_file: Path) -> Iterator[str]:
+def local_target(upstream: str | None, *, threads: int,
+                 log_file: Path) -> contextlib.AbstractContextManager[str]:
     """``upstream``, or a llama.cpp server on SmolLM2 started for the block: its /v1 URL."""
-    if upstream:
-        yield upstream
-        return
-    from app.launcher import (
-        free_port,
-        smollm2_path,
-        start_llama_server,
-        stop_process,
-        wait_until_ready,
-    )
+    from app.launcher import smollm2_server
 
-    port = free_port()
-    proc = start_llama_server(smollm2_path(), port=port, threads=threads or None,
-                              log_file=log_file)
-    try:
-        url = f"http://127.0.0.1:{port}/v1"
-        wait_until_ready(f"{url}/models", timeout=300, proc=proc)
-        yield url
-    finally:
-        stop_process(proc)
+    return smollm2_server(upstream, threads=threads or None, log_file=log_file)
 
 
 def run_training(settings: Any, out: Path, goals: Sequence[Goal], *,
