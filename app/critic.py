@@ -75,31 +75,33 @@ class BatchingCritic(BatchWorker[Ask, Verdict]):
         critic = self.judge_heads.critic
         assert critic is not None
         prompts = [latest_user_text(messages) for messages, _ in payloads]
-        views, owner = [], []  # what the critic reads: the answer, then its latest words
+        # what the critic reads: each answer whole, then its latest words; for the response
+        # head each view is the answer to the latest request, with its tail (a latest-words
+        # view is short enough to be its own tail)
+        views: list[str] = []
+        tails: list[str] = []
+        owner: list[int] = []
+        whole: list[int] = []  # each answer's whole view
         for n, (_, answer) in enumerate(payloads):
-            words = answer.split()
+            whole.append(len(views))
             views.append(answer)
+            tails.append(answer_views(answer)[1])
             owner.append(n)
+            words = answer.split()
             if self.segment and len(words) > self.segment:
                 views.append(" ".join(words[-self.segment:]))
+                tails.append(views[-1])
                 owner.append(n)
-        tails = [answer_views(answer)[1] for _, answer in payloads]
         unique = list(dict.fromkeys([*views, *tails, *prompts]))
-        at = {t: i for i, t in enumerate(unique)}
         vecs = self.retriever.encode([(t,) for t in unique])
+        at = {t: i for i, t in enumerate(unique)}
 
-        def rows(texts: Sequence[str]) -> np.ndarray:
-            return vecs[[at[t] for t in texts]]
+        def rows(group: Sequence[str]) -> np.ndarray:
+            return vecs[[at[t] for t in group]]
 
-        whole = response_features(rows(prompts), rows([a for _, a in payloads]), rows(tails))
-        base = self.judge_heads.verdicts(whole)
-        judged = None
-        if critic.reads_response:
-            # a latest-words view is short enough to be its own tail
-            view_tails = [tails[n] if v == payloads[n][1] else v
-                          for v, n in zip(views, owner, strict=True)]
-            judged = self.judge_heads.unsafe_logits(response_features(
-                rows([prompts[n] for n in owner]), rows(views), rows(view_tails)))
+        features = response_features(rows([prompts[n] for n in owner]), rows(views), rows(tails))
+        base = self.judge_heads.verdicts(features[whole])
+        judged = self.judge_heads.unsafe_logits(features) if critic.reads_response else None
         probs = critic.unsafe(rows(views), views, judged)
         unsafe = [0.0] * len(payloads)
         for n, p in zip(owner, probs.tolist(), strict=True):

@@ -247,30 +247,17 @@ def llama_cases(base_url: str | None, max_tokens: int) -> list[Case]:
     started here unless ``base_url`` names a running one. Played like the scripted streams."""
     import httpx
 
-    proc = None
-    if base_url is None:
-        from app.launcher import smollm2_path, start_llama_server, wait_until_ready
-        from tests.fakes.server import free_port
+    from app.launcher import smollm2_server
 
-        port = free_port()
-        proc = start_llama_server(smollm2_path(), port=port, n_ctx=2048)
-        base_url = f"http://127.0.0.1:{port}/v1"
-        wait_until_ready(f"{base_url}/models", timeout=180, proc=proc)
     cases = []
-    try:
-        with httpx.Client(timeout=300) as client:
-            for n, prompt in enumerate(LLAMA_PROMPTS):
-                r = client.post(f"{base_url}/chat/completions", json={
-                    "model": "smollm2", "temperature": 0, "max_tokens": max_tokens,
-                    "messages": [{"role": "user", "content": prompt}]})
-                r.raise_for_status()
-                text = r.json()["choices"][0]["message"]["content"] or ""
-                cases.append(Case(f"smollm2-{n}", "smollm2", prompt, ((text, False),)))
-    finally:
-        if proc is not None:
-            from app.launcher import stop_process
-
-            stop_process(proc)
+    with smollm2_server(base_url, timeout=180) as url, httpx.Client(timeout=300) as client:
+        for n, prompt in enumerate(LLAMA_PROMPTS):
+            r = client.post(f"{url}/chat/completions", json={
+                "model": "smollm2", "temperature": 0, "max_tokens": max_tokens,
+                "messages": [{"role": "user", "content": prompt}]})
+            r.raise_for_status()
+            text = r.json()["choices"][0]["message"]["content"] or ""
+            cases.append(Case(f"smollm2-{n}", "smollm2", prompt, ((text, False),)))
     return cases
 
 

@@ -166,26 +166,13 @@ def main() -> None:
     args = parser.parse_args()
     levels = [int(x) for x in args.levels.split(",")]
     n = max(1, min(args.inputs, len(INPUTS)))
-    proc = None
-    base_url = args.base_url
-    if base_url is None:
-        from app.launcher import smollm2_path, start_llama_server, wait_until_ready
-        from tests.fakes.server import free_port
+    from app.launcher import smollm2_server
 
-        port = free_port()
-        proc = start_llama_server(smollm2_path(), port=port, n_ctx=2048)
-        base_url = f"http://127.0.0.1:{port}/v1"
-        wait_until_ready(f"{base_url}/models", timeout=180, proc=proc)
-    try:
+    with smollm2_server(args.base_url, timeout=180) as base_url:
         print(f"builder throughput: {n} inputs, concurrency {levels}, SmolLM2-135M via "
               f"llama.cpp at {base_url}", flush=True)
         started = time.perf_counter()
         rows = asyncio.run(measure(base_url, n, levels, args.max_tokens, max(1, args.repeats)))
-    finally:
-        if proc is not None:
-            from app.launcher import stop_process
-
-            stop_process(proc)
     print_table(rows)
     result = {"benchmark": "builder_throughput", "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
               "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),

@@ -16,7 +16,6 @@ import argparse
 import functools
 import sys
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from rich.console import Console
@@ -25,28 +24,12 @@ from rich.table import Table
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from app.config import Settings
 from bench.common import add_out_argument, machine, save_results
-from judge.critic import CRITIC_DATA, critic_files, critic_rows, train_critic
+from judge.critic import CRITIC_DATA, CachedEncoder, critic_files, critic_rows, train_critic
 from judge.data import answer_rows, load_families
 from judge.model import load_heads, response_logits
 from judge.prepare import SEEDS
 
 console = Console(width=150)
-
-
-class CachedEncoder:
-    """The serving encoder, each distinct text embedded once across both trainings."""
-
-    def __init__(self, retriever: Any):
-        self.retriever = retriever
-        self.cache: dict[str, np.ndarray] = {}
-
-    def encode(self, texts: list[str]) -> np.ndarray:
-        missing = [t for t in dict.fromkeys(texts) if t not in self.cache]
-        for i in range(0, len(missing), 256):
-            batch = missing[i:i + 256]
-            self.cache.update(zip(batch, self.retriever.encode([(t,) for t in batch]),
-                                  strict=True))
-        return np.vstack([self.cache[t] for t in texts])
 
 
 def _rates(hit: np.ndarray, y: np.ndarray) -> dict[str, float]:
@@ -59,7 +42,8 @@ def main() -> None:
     add_out_argument(parser)
     args = parser.parse_args()
     settings = Settings()
-    encoder = CachedEncoder(settings.open_retriever())
+    # each distinct text embedded once across the three trainings
+    encoder = CachedEncoder(settings.open_retriever().encoder)
     answers = answer_rows(load_families(SEEDS), seed=13)
     # the spans, their windows and prefixes (no glued rows): the rows critic_finetune.py scores
     test = [r for r in critic_rows(answers, critic_files(), glue=False) if r.split == "test"]

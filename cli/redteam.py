@@ -7,7 +7,6 @@ import contextlib
 import hashlib
 import json
 import signal
-import socket
 import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -48,40 +47,24 @@ def _check_run_dir(out: Path, config: dict[str, Any], resume: bool) -> None:
                                indent=2) + "\n", "utf-8")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextlib.contextmanager
 def _target(url: str | None, out: Path) -> Iterator[str]:
     """The target model's /v1 URL: the one given, or the embedded SmolLM2 on llama.cpp."""
     if url:
         yield url.rstrip("/")
         return
-    from app.launcher import (
-        LaunchError,
-        smollm2_path,
-        start_llama_server,
-        stop_process,
-        wait_until_ready,
-    )
+    from app.launcher import LaunchError, smollm2_server
 
-    port = _free_port()
     log = out / "llama-server.log"
     # SIGTERM unwinds like Ctrl-C, so the server below is stopped with the run
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    console.print(f"starting llama.cpp (SmolLM2-135M-Instruct) on port {port} (log: {log})")
-    try:
-        proc = start_llama_server(smollm2_path(), port=port, n_ctx=2048, log_file=log)
-        wait_until_ready(f"http://127.0.0.1:{port}/v1/models", timeout=300, proc=proc)
-    except LaunchError as exc:
-        raise fail(f"the target model did not start: {exc}") from None
-    try:
-        yield f"http://127.0.0.1:{port}/v1"
-    finally:
-        stop_process(proc)
+    console.print(f"starting llama.cpp (SmolLM2-135M-Instruct) (log: {log})")
+    with contextlib.ExitStack() as stack:
+        try:
+            started = stack.enter_context(smollm2_server(log_file=log))
+        except LaunchError as exc:
+            raise fail(f"the target model did not start: {exc}") from None
+        yield started
 
 
 def _benign(data: Path | None, names: list[str], per_set: int, seed: int) -> list[Any]:

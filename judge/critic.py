@@ -195,14 +195,14 @@ def _request(messages: Sequence[dict[str, Any]]) -> str:
                  if m.get("role") == "user"), "")
 
 
-class _Cached:
-    """An encoder's ``encode`` with each distinct text embedded once."""
+class CachedEncoder:
+    """An encoder whose ``encode`` embeds each distinct text once (batches of 256)."""
 
     def __init__(self, encoder: Any):
         self.encoder = encoder
         self.vectors: dict[str, np.ndarray] = {}
 
-    def __call__(self, texts: list[str]) -> np.ndarray:
+    def encode(self, texts: list[str]) -> np.ndarray:
         missing = [t for t in dict.fromkeys(texts) if t not in self.vectors]
         for i in range(0, len(missing), 256):
             batch = missing[i:i + 256]
@@ -239,7 +239,7 @@ def train_critic(answers: Sequence[AnswerRow], encoder: Any, *, path: Paths | No
     rows = critic_rows(answers, path, seed=seed, glue=glue)
     progress(f"embedding {len(rows)} texts for the stream critic")
     texts = [r.text for r in rows]
-    encode = _Cached(encoder)
+    encode = CachedEncoder(encoder).encode
     vecs = encode(texts)
     y = np.array([r.unsafe for r in rows], dtype=int)
     split = np.array([r.split for r in rows])
