@@ -120,6 +120,15 @@ class Settings(Workspace):
     backtrack_marker: str = DEFAULT_MARKER
     # retracted text goes to the log (at INFO) only when this is set
     backtrack_log_retracted: bool = False
+    # a guard model for a second opinion (app/guard.py, docs/backtracking.md): an
+    # OpenAI-compatible endpoint asked about every critic verdict at or above
+    # backtrack_guard_from; its word decides. Unset: the critic alone decides
+    backtrack_guard_url: str | None = None
+    backtrack_guard_model: str = "llama-guard"
+    backtrack_guard_api_key: SecretStr | None = None
+    backtrack_guard_format: Literal["llama-guard", "prompted"] = "llama-guard"
+    backtrack_guard_from: float = Field(0.2, ge=0.0, le=1.0)
+    backtrack_guard_timeout: float = Field(10.0, gt=0)  # the whole call; past it, the critic's
 
     # the key of the guideline block's markers (guide/forgery.py): replicas that share it sign
     # a conversation's block alike; unset, each process draws its own
@@ -150,6 +159,15 @@ class Settings(Workspace):
             return None  # an empty variable means the local refiner
         if not v.startswith(("http://", "https://")):
             raise ValueError("refine_base_url must start with http:// or https://")
+        return v.rstrip("/")
+
+    @field_validator("backtrack_guard_url")
+    @classmethod
+    def _guard_url(cls, v: str | None) -> str | None:
+        if v is None or not v.strip():
+            return None
+        if not v.startswith(("http://", "https://")):
+            raise ValueError("backtrack_guard_url must start with http:// or https://")
         return v.rstrip("/")
 
     @field_validator("cors_origins", mode="before")

@@ -17,6 +17,7 @@ from app.admin import router as admin_router
 from app.config import Settings
 from app.console import router as console_router
 from app.errors import install_handlers
+from app.guard import Guard
 from app.limits import GatewayGuard, close_limits, open_limits
 from app.metrics import MULTIPROC_ENV, Metrics, upstream_transport
 from app.observability import ObservabilityMiddleware
@@ -74,6 +75,7 @@ def create_app(
             app.state.settings = settings
             app.state.upstream = Upstream(client, settings)
             app.state.refiner = Refiner.from_settings(settings)  # None: unavailable
+            app.state.guard = Guard.from_settings(settings)  # None: the critic alone decides
             install(app, generation)  # app/reload.py swaps it on a reload
             log.info("guide-align ready: %d guidelines, risk gate %s, upstream %s",
                      generation.retriever.size, "off" if generation.policy.risk_threshold is None
@@ -86,6 +88,8 @@ def create_app(
                 await shutdown(app)
                 if app.state.refiner is not None:
                     await app.state.refiner.aclose()
+                if app.state.guard is not None:
+                    await app.state.guard.aclose()
                 close_limits(app)
                 if tracing is not None:
                     tracing.shutdown()  # flushes the spans still batched

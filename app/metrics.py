@@ -71,6 +71,9 @@ class Metrics:
         self.retractions = Counter("guide_align_backtrack_retractions",
                                    "Answer text retracted by backtracking",
                                    ["mode", "source"], registry=r)
+        self.guard = Counter("guide_align_backtrack_guard_calls",
+                             "Guard model calls of backtracking by outcome (unsafe, safe, error)",
+                             ["outcome"], registry=r)
         self.refinements = Counter("guide_align_refinement_events", "Refinement events",
                                    ["outcome"], registry=r)
         self.rate_limited = Counter("guide_align_rate_limited",

@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 
 from app.config import Settings
-from app.scrub import redact_url
+from app.side_model import SideModel, SideModelError
 from guide.refine import check_refined, clean_refined, latest_user_index, refiner_messages
 from guide.views import normalise_roles
 from retriever.query import message_text
@@ -36,7 +36,7 @@ LOCAL_MODEL_FILE = Path("refiner") / "current.gguf"  # under var_dir
 _TOOL_FIELDS = ("tools", "functions", "tool_choice", "function_call")
 
 
-class RefinerError(Exception):
+class RefinerError(SideModelError):
     """The refiner endpoint did not give a usable answer."""
 
 
@@ -66,19 +66,17 @@ def start_local_refiner(settings: Settings, *, port: int = LOCAL_PORT,
                               extra_args=["--model_alias", settings.refine_model])
 
 
-class Refiner:
+class Refiner(SideModel):
     """A client of one OpenAI-compatible refiner endpoint."""
+
+    error = RefinerError
 
     def __init__(self, base_url: str, *, model: str, api_key: str | None = None,
                  timeout: float = 5.0, max_tokens: int = 160,
                  transport: httpx.AsyncBaseTransport | None = None):
-        self.base_url = base_url.rstrip("/")
-        self.model = model
-        self.timeout = timeout
+        super().__init__(base_url, model=model, api_key=api_key, timeout=timeout,
+                         transport=transport)
         self.max_tokens = max_tokens
-        headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
-        self._client = httpx.AsyncClient(base_url=self.base_url, headers=headers,
-                                         timeout=httpx.Timeout(timeout), transport=transport)
 
     @classmethod
     def from_settings(cls, settings: Settings, *,
@@ -104,28 +102,7 @@ class Refiner:
     async def rewrite(self, conversation: Sequence[dict[str, Any]]) -> str:
         """The refiner's raw rewrite of the conversation's latest user turn; raises
         ``TimeoutError`` past ``timeout`` (the whole call) and ``RefinerError`` otherwise."""
-        body = {"model": self.model, "messages": refiner_messages(conversation),
-                "max_tokens": self.max_tokens, "temperature": 0, "stream": False}
-        try:
-            async with asyncio.timeout(self.timeout):
-                r = await self._client.post("/chat/completions", json=body)
-        except httpx.TimeoutException:
-            raise TimeoutError from None
-        except httpx.HTTPError as exc:
-            raise RefinerError(f"{type(exc).__name__} from {redact_url(self.base_url)}") \
-                from None
-        if r.status_code != 200:
-            raise RefinerError(f"status {r.status_code} from {redact_url(self.base_url)}")
-        try:
-            text = r.json()["choices"][0]["message"]["content"]
-        except (ValueError, LookupError, TypeError):
-            raise RefinerError("the answer is not a chat completion") from None
-        if not isinstance(text, str):
-            raise RefinerError("the answer has no text content")
-        return text
-
-    async def aclose(self) -> None:
-        await self._client.aclose()
+        return await self.ask(refiner_messages(conversation), self.max_tokens)
 
 
 @dataclass(frozen=True)

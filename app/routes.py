@@ -13,7 +13,7 @@ from fastapi import APIRouter, Request
 from starlette.background import BackgroundTask
 from starlette.responses import Response, StreamingResponse
 
-from app.backtrack import BacktrackConfig, Report, Source, guard_answer, guard_stream
+from app.backtrack import BacktrackConfig, Judge, Report, Source, guard_answer, guard_stream
 from app.config import Settings
 from app.critic import BatchingCritic
 from app.errors import (
@@ -24,6 +24,7 @@ from app.errors import (
     UpstreamClientError,
 )
 from app.gateway import guidance_headers
+from app.guard import Guard
 from app.keys import caller_of
 from app.limits import charge_answer, metered, prompt_chars
 from app.observability import (
@@ -108,6 +109,7 @@ async def chat_completions(request: Request) -> Response:
     state, config = _backtrack(request, applied, body)
     headers["x-guide-align-backtrack"] = state
     critic: BatchingCritic | None = current(request).critic
+    judge = _critic_judge(request, critic)
 
     async def strengthen(categories: Sequence[str]) -> str:
         return await anyio.to_thread.run_sync(lambda: strengthened_block(
@@ -123,10 +125,10 @@ async def chat_completions(request: Request) -> Response:
         field = guidance.body_field()
         if refinement.mode != "off":
             field["refine"] = refinement.body_field()
-        if config is not None and critic is not None:
+        if config is not None and judge is not None:
             report = await until_disconnected(request.receive, guard_answer(
                 answer, conversation=data["messages"], guided=guidance.messages,
-                judge=critic.judge, strengthen=strengthen, config=config,
+                judge=judge, strengthen=strengthen, config=config,
                 regenerate=lambda msgs: upstream.chat({**body, "messages": msgs}, auth=auth)))
             record_backtrack(request, report)
             headers["x-guide-align-backtrack"] = report.header()
@@ -139,7 +141,7 @@ async def chat_completions(request: Request) -> Response:
     try:
         stream = upstream.relay(resp, deadline=deadline)
         guarded: Report | None = None
-        if config is not None and critic is not None:
+        if config is not None and judge is not None:
 
             async def reopen(messages: list[dict[str, Any]]) -> Source:
                 more = await upstream.open_stream({**body, "messages": messages}, auth=auth,
@@ -148,7 +150,7 @@ async def chat_completions(request: Request) -> Response:
 
             guarded = Report(config.mode)
             stream = guard_stream(Source(stream, resp.aclose), conversation=data["messages"],
-                                  guided=guidance.messages, judge=critic.judge, reopen=reopen,
+                                  guided=guidance.messages, judge=judge, reopen=reopen,
                                   strengthen=strengthen, config=config, report=guarded)
         # relay_sse closes the upstream response when it ends; the background task closes it
         # too if the body is never iterated (closing twice is harmless).
@@ -182,6 +184,18 @@ async def _refine(request: Request, data: dict[str, Any], applied: Applied) -> R
         log_texts=settings.log_prompts)
     record_refinement(getattr(request.app.state, "metrics", None), refinement)
     return refinement
+
+
+def _critic_judge(request: Request, critic: BatchingCritic | None) -> Judge | None:
+    """The critic's judge, with the guard model's word on unsure verdicts when one is set."""
+    if critic is None:
+        return None
+    guard: Guard | None = getattr(request.app.state, "guard", None)
+    if guard is None:
+        return critic.judge
+    metrics = getattr(request.app.state, "metrics", None)
+    return guard.escalating(critic.judge, record=None if metrics is None else
+                            lambda outcome: metrics.guard.labels(outcome).inc())
 
 
 def _backtrack(request: Request, applied: Applied, body: dict[str, Any]

@@ -59,10 +59,11 @@ class Scrubber:
 
 
 def settings_secrets(settings: Settings) -> list[str]:
-    """The literal secrets in the settings: the upstream, admin and refiner keys, the base URL's
-    password and its basic-auth encoding."""
+    """The literal secrets in the settings: the upstream, admin, refiner and guard keys, the
+    base URL's password and its basic-auth encoding."""
     found = [s.get_secret_value() for s in (settings.upstream_api_key, settings.master_key,
-                                             settings.refine_api_key) if s is not None]
+                                             settings.refine_api_key,
+                                             settings.backtrack_guard_api_key) if s is not None]
     parts = urlsplit(settings.upstream_base_url)
     if parts.password:
         user, password = unquote(parts.username or ""), unquote(parts.password)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import sys
 import time
 from collections.abc import AsyncGenerator, Sequence
@@ -31,11 +32,13 @@ import anyio.to_thread
 import orjson
 from rich.console import Console
 from rich.table import Table
+from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from app.backtrack import BacktrackConfig, Report, Source, guard_stream
+from app.backtrack import BacktrackConfig, Judge, Report, Source, guard_stream
 from app.config import Settings
 from app.critic import BatchingCritic
+from app.guard import Guard
 from bench.backtrack_streams import BENIGN, LLAMA_PROMPTS, UNSAFE, Case
 from bench.common import add_out_argument, machine, pct, save_results
 from guide.backtrack import strengthened_block
@@ -102,7 +105,7 @@ def leaked(case: Case, seen: str) -> bool:
 
 async def run_case(case: Case, strategy: str, window: int, threshold: float, *,
                    critic: BatchingCritic, settings: Settings, retriever: Any,
-                   word_s: float) -> dict[str, Any]:
+                   word_s: float, guard: Guard | None = None) -> dict[str, Any]:
     conv = [{"role": "user", "content": case.user}]
     opened: list[float] = []
     start = time.perf_counter()
@@ -125,12 +128,16 @@ async def run_case(case: Case, strategy: str, window: int, threshold: float, *,
             first = time.perf_counter()
         events.append(e)
 
-    if strategy == "window":
+    if strategy in ("window", "guarded"):
+        judge: Judge = critic.judge
+        if strategy == "guarded":
+            assert guard is not None
+            judge = guard.escalating(critic.judge)
         config = BacktrackConfig(window=window, every=settings.backtrack_every,
                                  threshold=threshold,
                                  max_retractions=settings.backtrack_max_retractions)
         async for e in guard_stream(source(pieces(case), word_s, opened), conversation=conv,
-                                    guided=conv, judge=critic.judge, reopen=reopen,
+                                    guided=conv, judge=judge, reopen=reopen,
                                     strengthen=strengthen, config=config, report=report):
             got(e)
         retracted = report.retractions > 0
@@ -288,29 +295,46 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             "stream_critic": heads.critic is not None,
             "max_unsafe": {c.name: max(p for _, p in sc) for c, sc in zip(cases, scores,
                                                                           strict=True)}}
+    guard = None
+    if args.guard_url:  # a second opinion on every verdict in the band (app/guard.py)
+        guard = Guard(args.guard_url, model=args.guard_model, fmt=args.guard_format,
+                      ask_from=args.guard_from, timeout=60.0)
+    windows = [int(w) for w in args.windows.split(",")]
     strategies = [("plain", 0, 1.0)] + [
-        (name, int(w), t) for t in thresholds
-        for name, w in [("after_done", 0), ("buffer", 0)] + [
-            ("window", int(w)) for w in args.windows.split(",")]]
+        (name, w, t) for t in thresholds
+        for name, w in [("after_done", 0), ("buffer", 0)] + [("window", w) for w in windows]
+        + ([("guarded", w) for w in windows] if guard else [])]
     # warm the encoder and the critic so the first strategy does not pay for loading
     await critic.judge([{"role": "user", "content": "hi"}], "hello there")
     results: dict[str, Any] = {}
     rows_by: dict[str, list[dict[str, Any]]] = {}
     for strategy, window, threshold in strategies:
-        key = strategy if strategy != "window" else f"window_{window}"
+        key = strategy if strategy not in ("window", "guarded") else f"{strategy}_{window}"
         key += f"@{threshold:g}" if strategy != "plain" else ""
         calls0, secs0 = critic.calls, critic.seconds
+        asked0 = dict(guard.asked) if guard else {}
+        guard_s0 = guard.seconds if guard else 0.0
         rows = []
-        for case in cases:
+        for case in tqdm(cases, desc=key, leave=False):
             rows.append(await run_case(case, strategy, window, threshold, critic=critic,
-                                       settings=settings, retriever=retriever, word_s=word_s))
+                                       settings=settings, retriever=retriever, word_s=word_s,
+                                       guard=guard))
         rows_by[key] = rows
         calls = critic.calls - calls0
         results[key] = {"window": window, "threshold": threshold,
                         "critic_calls_per_stream": calls / len(cases),
                         "critic_ms_per_call": 1000 * (critic.seconds - secs0) / max(calls, 1)}
+        if strategy == "guarded" and guard is not None:
+            asked = {k: v - asked0[k] for k, v in guard.asked.items()}
+            n = sum(asked.values())
+            results[key] |= {"guard": {"url": args.guard_url, "model": args.guard_model,
+                                       "format": args.guard_format, "from": args.guard_from},
+                             "guard_calls_per_stream": n / len(cases), "guard_outcomes": asked,
+                             "guard_ms_per_call": 1000 * (guard.seconds - guard_s0) / max(n, 1)}
         console.print(f"{key}: done")
     await critic.stop()
+    if guard is not None:
+        await guard.aclose()
     base = {"ttft": pct([r["ttft"] for r in rows_by["plain"]], 50) / 1000,
             "total": pct([r["total"] for r in rows_by["plain"]], 50) / 1000}
     base_ms = {k: v * 1000 for k, v in base.items()}
@@ -343,7 +367,8 @@ def show(data: dict[str, Any]) -> None:
                 "window delay", "total p50 ms", "added total", "critic calls", "ms/call"):
         table.add_column(col, justify="right" if col != "strategy" else "left")
     for key, r in data["results"].items():
-        window_delay = r["window"] * data["word_ms"] if key.startswith("window") else (
+        window_delay = r["window"] * data["word_ms"] if key.startswith(("window", "guarded")) \
+            else (
             "all" if key.startswith("buffer") else 0)
         table.add_row(key, f"{r['leak_rate']:.0%}", f"{r['caught_rate']:.0%}",
                       f"{r['false_retraction_rate']:.0%}", f"{r['ttft_p50_ms']:.0f}",
@@ -352,6 +377,11 @@ def show(data: dict[str, Any]) -> None:
                       f"{r['critic_calls_per_stream']:.1f}", f"{r['critic_ms_per_call']:.0f}")
     console.print(table)
     for key, r in data["results"].items():
+        if "guard_outcomes" in r:
+            console.print(f"{key}: guard ({r['guard']['model']}, {r['guard']['format']}, from "
+                          f"P {r['guard']['from']:g}) asked {r['guard_calls_per_stream']:.1f} "
+                          f"times a stream, {r['guard_ms_per_call']:.0f} ms a call, "
+                          f"outcomes {r['guard_outcomes']}")
         if r["leaks"] or r["false_retractions"]:
             console.print(f"{key}: leaks {r['leaks']}; false retractions "
                           f"{r['false_retractions']}")
@@ -370,10 +400,24 @@ def main() -> None:
                         help="add real SmolLM2 answers to benign prompts (llama.cpp server)")
     parser.add_argument("--base-url", help="with --llama: use this server instead of starting one")
     parser.add_argument("--max-tokens", type=int, default=120, help="with --llama")
+    parser.add_argument("--guard-url", default="",
+                        help="also run each window with this guard model endpoint (app/guard.py)"
+                             "; 'smollm2' starts a local SmolLM2 server as a prompted guard")
+    parser.add_argument("--guard-model", default="llama-guard")
+    parser.add_argument("--guard-format", choices=("llama-guard", "prompted"),
+                        default="llama-guard")
+    parser.add_argument("--guard-from", type=float, default=0.2,
+                        help="the critic's P(unsafe) from which the guard is asked")
     parser.add_argument("--name", default="backtrack", help="results name")
     add_out_argument(parser)
     args = parser.parse_args()
-    data = asyncio.run(main_async(args))
+    with contextlib.ExitStack() as stack:
+        if args.guard_url == "smollm2":
+            from app.launcher import smollm2_server
+
+            args.guard_url = stack.enter_context(smollm2_server())
+            args.guard_model, args.guard_format = "smollm2", "prompted"
+        data = asyncio.run(main_async(args))
     show(data)
     console.print(f"saved {save_results(args.name, data, args.out)}")
 

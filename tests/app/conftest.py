@@ -13,6 +13,7 @@ from starlette.testclient import TestClient
 from app.config import Settings
 from app.main import create_app
 from tests.fakes.server import ServerThread
+from tests.fakes.stream_script import StreamScript
 from tests.fakes.upstream import UpstreamLog, make_upstream
 
 SECRET = "sk-upstream-secret-123456"
@@ -57,5 +58,29 @@ def live_gateway(small_retriever, live_upstream) -> Callable[..., Any]:  # type:
                             safety_margin=None, **overrides)
         with ServerThread(create_app(settings, retriever=small_retriever)) as server:
             yield server
+
+    return make
+
+
+@pytest.fixture
+def script() -> StreamScript:
+    return StreamScript()
+
+
+@pytest.fixture
+def guarded(small_retriever, small_judge, script) -> Callable[..., Any]:  # type: ignore[no-untyped-def]
+    """Factory: the gateway (threaded uvicorn) with the small judge as the critic of
+    backtracking (tests/app/test_backtrack.py), before ``script``."""
+
+    @contextmanager
+    def make(**overrides: Any) -> Iterator[str]:
+        options = {"backtrack": "enforce", "backtrack_threshold": 0.47, "backtrack_window": 8,
+                   **overrides}
+        with ServerThread(script.app()) as upstream:
+            settings = Settings(upstream_base_url=f"{upstream.url}/v1", min_score=0.2,
+                                safety_margin=None, **options)
+            app = create_app(settings, retriever=small_retriever, judge=small_judge[0])
+            with ServerThread(app) as gateway:
+                yield gateway.url
 
     return make
