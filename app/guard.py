@@ -105,12 +105,13 @@ def parse_guard(reply: str) -> GuardVerdict:
     """The verdict in a guard's reply. Its first sentence says ``unsafe`` (or ``not safe``) or
     ``safe``, bare as Llama Guard answers or in a sentence as small instruction models do ("The
     answer is not safe."); hazard codes (``S9``) or category ids after the verdict name the
-    categories. Raises GuardError when neither word is there."""
+    categories. Raises GuardError when the first sentence says neither, or both."""
     first = _SENTENCE.split(reply.strip(), maxsplit=1)[0].lower()
     words = _WORD.findall(first)
-    unsafe = "unsafe" in words or any(a in ("not", "isn't") and b == "safe"
-                                      for a, b in itertools.pairwise(words))
-    if not unsafe and "safe" not in words:
+    negated = sum(a in ("not", "isn't") and b == "safe" for a, b in itertools.pairwise(words))
+    unsafe = "unsafe" in words or negated > 0
+    safe = words.count("safe") > negated
+    if unsafe == safe:  # neither word, or both ("not a safe or unsafe option")
         raise GuardError(f"unreadable guard reply: {reply[:60]!r}")
     if not unsafe:
         return GuardVerdict(False)

@@ -15,7 +15,9 @@ import httpx
 import pytest
 from fastapi import FastAPI, Request
 
+from app.config import Settings
 from app.guard import Guard, GuardError, GuardVerdict, guard_messages, overruled, parse_guard
+from app.main import create_app
 from judge.model import Verdict
 from tests.app.test_backtrack import (
     ASK,
@@ -60,7 +62,7 @@ def test_replies_are_read_by_their_first_word_and_codes_map_onto_the_taxonomy():
     assert parse_guard("The answer is not safe. It explains how to build a bomb.").unsafe
     assert parse_guard("It isn't safe: weapons").categories == ("weapons",)
     for reply in ("", "I think it is fine", "Sure! Here is how to stay safe online.",
-                  "I cannot judge this."):
+                  "I cannot judge this.", "The response is not a safe or unsafe option."):
         with pytest.raises(GuardError):
             parse_guard(reply)
 
@@ -217,3 +219,37 @@ def test_an_unreachable_guard_leaves_the_critic_in_charge(guarded, script):
     assert not leaked(raw, UNSAFE)
     assert report(events)["retractions"] == 1 and content(events).endswith(SAFE_REST)
     assert 'guide_align_backtrack_guard_calls_total{outcome="error"}' in metrics
+
+
+def test_a_llama_server_as_prompted_guard(llama_server, small_retriever, small_judge):  # type: ignore[no-untyped-def]
+    """End to end with llama.cpp as both the upstream and a prompted guard: the guard is asked,
+    its replies are read, and the stream stays valid whatever it says."""
+    settings = Settings(upstream_base_url=llama_server, min_score=0.2, safety_margin=None,
+                        backtrack="enforce", backtrack_max_retractions=1,
+                        **on(llama_server, backtrack_guard_format="prompted",
+                             backtrack_guard_model="smollm2-135m-instruct",
+                             backtrack_guard_timeout=120.0))
+    app = create_app(settings, retriever=small_retriever, judge=small_judge[0])
+    body = {"model": "smollm2-135m-instruct", "max_tokens": 40, "temperature": 0,
+            "messages": [{"role": "user", "content": "Write two sentences about the sea."}],
+            "stream": True}
+    with ServerThread(app) as gateway:
+        resp = httpx.post(f"{gateway.url}/v1/chat/completions", json=body, timeout=300)
+        metrics = httpx.get(f"{gateway.url}/metrics").text
+    assert resp.status_code == 200
+    events = [e for e in resp.text.split("\n\n") if e.strip()]
+    assert events[-1] == "data: [DONE]"
+    parsed = [json.loads(e[6:]) for e in events[:-1]]
+    assert not any("error" in e for e in parsed)
+    calls = {o: 0.0 for o in ("unsafe", "safe", "error")}
+    for line in metrics.splitlines():
+        if line.startswith("guide_align_backtrack_guard_calls_total{"):
+            calls[line.split('"')[1]] = float(line.rsplit(" ", 1)[1])
+    # the guard was asked; what SmolLM2-135M says (it is no judge) varies with the text, but an
+    # unsafe word always retracts and with only "safe" words nothing is retracted
+    assert sum(calls.values()) >= 1
+    retracted = report(parsed)["retractions"] >= 1
+    if calls["unsafe"]:
+        assert retracted
+    elif not calls["error"]:
+        assert not retracted
