@@ -164,7 +164,7 @@ async def run_case(case: Case, strategy: str, window: int, threshold: float, *,
     seen = client_text(events)
     return {"case": case.name, "shape": case.shape, "unsafe": case.unsafe,
             "leak": case.unsafe and leaked(case, seen),
-            "changed": seen != case.text, "retracted": retracted,
+            "changed": seen != case.text, "retracted": retracted, "judged": report.judged,
             "ttft": (first - start) if first else total, "total": total}
 
 
@@ -295,6 +295,9 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             "stream_critic": heads.critic is not None,
             "max_unsafe": {c.name: max(p for _, p in sc) for c, sc in zip(cases, scores,
                                                                           strict=True)}}
+    if args.concurrency:
+        return await under_load(args, cases, critic=critic, settings=settings,
+                                retriever=retriever, word_s=word_s)
     guard = None
     if args.guard_url:  # a second opinion on every verdict in the band (app/guard.py)
         guard = Guard(args.guard_url, model=args.guard_model, fmt=args.guard_format,
@@ -348,7 +351,65 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             "stream_critic": heads.critic is not None, "results": results}
 
 
+async def under_load(args: argparse.Namespace, cases: Sequence[Case], *,
+                     critic: BatchingCritic, settings: Settings, retriever: Any,
+                     word_s: float) -> dict[str, Any]:
+    """The plain relay and the default window with up to ``c`` streams at once, for each ``c``
+    of ``--concurrency``: time to first token and how the batching critic copes (verdicts a
+    batch, time a batch)."""
+    window, threshold = settings.backtrack_window, settings.backtrack_threshold
+    await critic.judge([{"role": "user", "content": "hi"}], "hello there")  # warm
+    rows = []
+    for c in [int(x) for x in args.concurrency.split(",")]:
+        gate = asyncio.Semaphore(c)
+        row: dict[str, Any] = {"concurrency": c}
+        for strategy in ("plain", "window"):
+            calls0, secs0 = critic.calls, critic.seconds
+
+            async def one(case: Case, strategy: str = strategy,
+                          gate: asyncio.Semaphore = gate) -> dict[str, Any]:
+                async with gate:
+                    return await run_case(case, strategy, window, threshold, critic=critic,
+                                          settings=settings, retriever=retriever,
+                                          word_s=word_s)
+
+            out = await asyncio.gather(*(one(case) for case in cases))
+            batches = critic.calls - calls0
+            row[strategy] = {
+                "ttft_p50_ms": pct([r["ttft"] for r in out], 50),
+                "ttft_p95_ms": pct([r["ttft"] for r in out], 95),
+                "total_p50_ms": pct([r["total"] for r in out], 50),
+                "verdicts_per_batch": sum(r["judged"] for r in out) / max(batches, 1),
+                "ms_per_batch": 1000 * (critic.seconds - secs0) / max(batches, 1),
+                "leaks": sum(r["leak"] for r in out), "retracted_benign": sum(
+                    r["changed"] for r in out if not r["unsafe"])}
+        row["added_ttft_p50_ms"] = row["window"]["ttft_p50_ms"] - row["plain"]["ttft_p50_ms"]
+        rows.append(row)
+        console.print(f"concurrency {c}: done")
+    await critic.stop()
+    return {"machine": machine(), "word_ms": args.word_ms, "window": window,
+            "threshold": threshold, "streams": {"unsafe": len(UNSAFE),
+                                                "benign": len(cases) - len(UNSAFE)},
+            "load": rows}
+
+
 def show(data: dict[str, Any]) -> None:
+    if "load" in data:
+        table = Table(title=f"Streams at once: plain relay vs window {data['window']} "
+                            f"({data['streams']['unsafe']} unsafe + {data['streams']['benign']} "
+                            f"benign streams, {data['word_ms']} ms/word)")
+        for col in ("at once", "TTFT p50 plain", "TTFT p50 window", "added", "TTFT p95 window",
+                    "verdicts/batch", "ms/batch", "leaks", "benign retracted"):
+            table.add_column(col, justify="right")
+        for r in data["load"]:
+            w = r["window"]
+            table.add_row(str(r["concurrency"]), f"{r['plain']['ttft_p50_ms']:.0f}",
+                          f"{w['ttft_p50_ms']:.0f}", f"{r['added_ttft_p50_ms']:+.0f}",
+                          f"{w['ttft_p95_ms']:.0f}", f"{w['verdicts_per_batch']:.1f}",
+                          f"{w['ms_per_batch']:.0f}", str(w["leaks"]),
+                          str(w["retracted_benign"]))
+        console.print(table)
+        return
     if "sweep" in data:
         table = Table(title="Threshold sweep from prefix scores (no timing), "
                             f"{data['streams']['unsafe']} unsafe + {data['streams']['benign']} "
@@ -400,6 +461,9 @@ def main() -> None:
                         help="add real SmolLM2 answers to benign prompts (llama.cpp server)")
     parser.add_argument("--base-url", help="with --llama: use this server instead of starting one")
     parser.add_argument("--max-tokens", type=int, default=120, help="with --llama")
+    parser.add_argument("--concurrency", default="",
+                        help="e.g. 1,8,32: only the plain relay and the default window, with up "
+                             "to that many streams at once (the batching critic under load)")
     parser.add_argument("--guard-url", default="",
                         help="also run each window with this guard model endpoint (app/guard.py)"
                              "; 'smollm2' starts a local SmolLM2 server as a prompted guard")
