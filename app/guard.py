@@ -172,7 +172,7 @@ class Guard(SideModel):
             verdict = await judge(conversation, answer)
             if verdict.scores.get("unsafe", 0.0) < self.ask_from:
                 return verdict
-            outcome: Outcome = "error"
+            outcome: Outcome | None = None  # stays None when the stream is cancelled
             loop = asyncio.get_running_loop()
             start = loop.time()
             try:
@@ -180,13 +180,15 @@ class Guard(SideModel):
                 outcome = "unsafe" if word.unsafe else "safe"
                 return overruled(verdict, word)
             except (TimeoutError, GuardError) as exc:
+                outcome = "error"
                 log.warning("backtracking guard unavailable, the critic's verdict stands: %s",
                             exc or "timed out")
                 return verdict
             finally:
                 self.seconds += loop.time() - start
-                self.asked[outcome] += 1
-                if record is not None:
-                    record(outcome)
+                if outcome is not None:
+                    self.asked[outcome] += 1
+                    if record is not None:
+                        record(outcome)
 
         return judged

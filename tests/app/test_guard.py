@@ -148,6 +148,28 @@ def test_a_failing_guard_leaves_the_critic_verdict_in_force(failure):
     assert outcomes == ["error"] and guard.asked["error"] == 1
 
 
+def test_a_guard_call_cut_short_by_the_client_is_not_counted():
+    async def slow(request: httpx.Request) -> httpx.Response:
+        await asyncio.sleep(5)
+        return httpx.Response(200)
+
+    guard = _guard(slow, timeout=10.0)
+    outcomes: list[str] = []
+
+    async def run() -> None:
+        async def critic(conversation: Any, answer: str) -> Verdict:
+            return verdict(0.8)
+        task = asyncio.ensure_future(guard.escalating(critic, record=outcomes.append)(ASK, "a"))
+        await asyncio.sleep(0.1)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await guard.aclose()
+
+    asyncio.run(run())
+    assert outcomes == [] and guard.asked == {"unsafe": 0, "safe": 0, "error": 0}
+
+
 # -- through the gateway --------------------------------------------------------------------------
 
 class FakeGuard:
