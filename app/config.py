@@ -7,7 +7,7 @@ import dataclasses
 import json
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import NoDecode
 
 from guide.backtrack import DEFAULT_MARKER, Marker
@@ -152,22 +152,13 @@ class Settings(Workspace):
             raise ValueError("upstream_base_url must start with http:// or https://")
         return v.rstrip("/")
 
-    @field_validator("refine_base_url")
+    @field_validator("refine_base_url", "backtrack_guard_url")
     @classmethod
-    def _refiner_url(cls, v: str | None) -> str | None:
+    def _side_model_url(cls, v: str | None, info: ValidationInfo) -> str | None:
         if v is None or not v.strip():
-            return None  # an empty variable means the local refiner
+            return None  # an empty variable: the local refiner, or no guard
         if not v.startswith(("http://", "https://")):
-            raise ValueError("refine_base_url must start with http:// or https://")
-        return v.rstrip("/")
-
-    @field_validator("backtrack_guard_url")
-    @classmethod
-    def _guard_url(cls, v: str | None) -> str | None:
-        if v is None or not v.strip():
-            return None
-        if not v.startswith(("http://", "https://")):
-            raise ValueError("backtrack_guard_url must start with http:// or https://")
+            raise ValueError(f"{info.field_name} must start with http:// or https://")
         return v.rstrip("/")
 
     @field_validator("cors_origins", mode="before")

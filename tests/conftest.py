@@ -115,17 +115,11 @@ def llama_server(tmp_path_factory):  # type: ignore[no-untyped-def]
 
     Yields its base URL ending in /v1.
     """
-    from app.launcher import smollm2_path, start_llama_server, stop_process, wait_until_ready
-    from tests.fakes.server import free_port
+    from app.launcher import smollm2_server
 
-    port = free_port()
     log = tmp_path_factory.mktemp("llama") / "server.log"
-    proc = start_llama_server(smollm2_path(), port=port, n_ctx=2048, log_file=log)
-    try:
-        wait_until_ready(f"http://127.0.0.1:{port}/v1/models", timeout=180, proc=proc)
-        yield f"http://127.0.0.1:{port}/v1"
-    finally:
-        stop_process(proc)
+    with smollm2_server(log_file=log, timeout=180) as url:
+        yield url
 
 
 # A small judge, trained on part of the project's own seed data with the base MiniLM encoder
